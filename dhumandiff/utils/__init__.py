@@ -1,0 +1,1 @@
+"""Small torch-free helpers shared by every stage (atomic file writes, hashing)."""
