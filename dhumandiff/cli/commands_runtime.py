@@ -1,0 +1,84 @@
+"""Torch-free commands: ``generate`` (reference model or bundle) and ``doctor``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from .console import console, progress_bar
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("doctor")(doctor)
+
+
+def generate(
+    face_a: Path = typer.Option(..., "--face-a", help="Photo of person a (one face)."),
+    face_b: Path = typer.Option(..., "--face-b", help="Photo of person b (one face)."),
+    prompt: str = typer.Option(..., "--prompt", help="Scene description naming both people, e.g. 'a man and a woman on the beach'."),
+    out: Path = typer.Option(Path("portrait.png"), "--out", help="Output image (PNG/JPEG), written atomically."),
+    model: str = typer.Option(None, "--model", help="Embedded model name (default: tiny) or model folder."),
+    bundle: Path = typer.Option(None, "--bundle", help="Run an exported bundle instead of the PyTorch model."),
+    runtime: str = typer.Option(None, "--runtime", help="Bundle runtime (default: the bundle's own)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps, gpu, npu (runtime dependent)."),
+    steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed -> the same image."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    ip_scale: float = typer.Option(None, "--ip-scale", help="Identity strength."),
+    mode: str = typer.Option("single", "--mode", help="single (layout masks, one pass) or cascade (paper's two-stage)."),
+    layout: str = typer.Option("auto", "--layout", help="'auto' or JSON [[x0,y0,x1,y1],[x0,y0,x1,y1]] (0..1) or a JSON file."),
+    face_index_a: int = typer.Option(None, "--face-index-a", "--face-index", help="Pick a face when photo a shows several (0 = largest)."),
+    face_index_b: int = typer.Option(None, "--face-index-b", help="Pick a face when photo b shows several (0 = largest)."),
+    person_words: str = typer.Option(None, "--person-words", help="The two words naming the people, e.g. 'bride,groom'."),
+    sampler: str = typer.Option(None, "--sampler", help="ddim, euler or lcm (default: the model's)."),
+    vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 to run the VAE decoder in fp32 (fixes fp16 overflow)."),
+) -> None:
+    """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
+    words = tuple(w.strip() for w in person_words.split(",")) if person_words else None
+    if words is not None and len(words) != 2:
+        from ..errors import PromptError
+
+        raise PromptError("--person-words needs exactly two comma-separated words, e.g. 'man,woman'")
+    t0 = time.time()
+    if bundle is not None:
+        from ..runtimes import load_bundle
+        from ..utils.images import save_image_atomic
+
+        gen = load_bundle(bundle, device=device, runtime=runtime, vae_precision=vae_precision)
+        with progress_bar("generating") as update:
+            res = gen(face_a, face_b, prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale, seed=seed,
+                      layout=layout, sampler=sampler, person_words=words, face_index_a=face_index_a,
+                      face_index_b=face_index_b, progress=lambda i, n: update(i, n))
+        save_image_atomic(res.image, out)
+    else:
+        from ..model.generate import generate_portrait, load_model
+        from ..utils.images import save_image_atomic
+
+        if mode not in ("single", "cascade"):
+            raise typer.BadParameter("--mode must be 'single' or 'cascade'")
+        m = load_model(model)
+        with progress_bar("generating") as update:
+            res = generate_portrait(m, face_a, face_b, prompt, steps=steps, seed=seed, guidance=guidance,
+                                    ip_scale=ip_scale, mode=mode, layout=layout, face_index_a=face_index_a,
+                                    face_index_b=face_index_b, person_words=words, sampler=sampler,
+                                    progress=lambda i, n: update(i, n))
+        save_image_atomic(res.image, out)
+    console.print(f"wrote {out} in {time.time() - t0:.1f} s")
+
+
+def doctor() -> None:
+    """Which runtimes, devices and execution providers work on this machine."""
+    from rich.table import Table
+
+    from ..runtimes import available_runtimes
+
+    table = Table(title="dhumandiff runtimes")
+    for col in ("runtime", "installed", "devices", "providers / notes"):
+        table.add_column(col)
+    for info in available_runtimes():
+        table.add_row(info.name, "yes" if info.installed else "no", ", ".join(info.devices) or "-",
+                      ", ".join(info.providers) or (info.note if hasattr(info, "note") else "") or "-")
+    console.print(table)

@@ -1,0 +1,98 @@
+"""``dhumandiff convert official``: SDXL (diffusers folder) + the four official checkpoints -> one model folder.
+
+Sizes are read from the components themselves (SDXL's configs, the checkpoints' tensor shapes), so the same
+code converts the real release and the test-sized checkpoints the tests build in the official formats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel
+
+from ..errors import CheckpointError
+from .configs import BackboneConfig, get_backbone_config
+from .dhumandiff_model import DHumanDiff, strict_load
+from .official import load_official_adapters
+from .projections import FaceProjPlus, Resampler, SubjectMLP
+from .tokenizer import load_tokenizer
+
+REQUIRED_SDXL = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
+def _need(folder: Path, sub: str, what: str) -> Path:
+    p = folder / sub
+    if not p.is_dir():
+        raise CheckpointError(f"{folder} is missing {sub}/ ({what}); pass the SDXL base 1.0 folder in diffusers "
+                              f"layout")
+    return p
+
+
+def _perceiver_dims(state: dict, prefix: str, dim_head: int = 64) -> tuple[int, int, int]:
+    """(depth, heads, dim_head) of a perceiver from its tensors; the official code always uses dim_head 64."""
+    depth = len({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "layers.")})
+    inner = state[f"{prefix}layers.0.attn.to_q.weight"].shape[0]
+    return depth, inner // dim_head, dim_head
+
+
+def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str | Path,
+                     image_encoder_dir: str | Path | None = None, overwrite: bool = False,
+                     backbone: str = "xl") -> Path:
+    """Build and save a :class:`DHumanDiff` from the official release; every key is matched strictly."""
+    sdxl_dir, weights_dir = Path(sdxl_dir), Path(weights_dir)
+    if not sdxl_dir.is_dir():
+        raise CheckpointError(f"SDXL folder {sdxl_dir} not found: pass --sdxl pointing at stable-diffusion-xl-base-1.0")
+    for sub in REQUIRED_SDXL:
+        _need(sdxl_dir, sub, "SDXL component")
+    enc_dir = Path(image_encoder_dir) if image_encoder_dir else next(
+        (p for p in (weights_dir / "image_encoder", sdxl_dir / "image_encoder") if p.is_dir()), None)
+    if enc_dir is None or not enc_dir.is_dir():
+        raise CheckpointError("the IP-Adapter CLIP image encoder (ViT-H/14) folder was not found: put it at "
+                              f"{weights_dir / 'image_encoder'} or pass --image-encoder")
+    adapters = load_official_adapters(weights_dir)
+
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir / "unet")
+    vae = AutoencoderKL.from_pretrained(sdxl_dir / "vae")
+    te1 = CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(sdxl_dir / "text_encoder_2")
+    vision = CLIPVisionModel.from_pretrained(enc_dir)
+    tok1, tok2 = load_tokenizer(sdxl_dir / "tokenizer"), load_tokenizer(sdxl_dir / "tokenizer_2")
+
+    rs = adapters["resampler"]
+    depth, heads, dim_head = _perceiver_dims(rs, "proj.")
+    res_cfg = {"embed_dims": rs["proj.proj_in.weight"].shape[1], "output_dims": rs["proj.proj_out.weight"].shape[0],
+               "hidden_dims": rs["proj.latents"].shape[2], "depth": depth, "dim_head": dim_head, "heads": heads,
+               "num_queries": rs["proj.latents"].shape[1],
+               "ffn_ratio": rs["proj.layers.0.ff.1.net.0.proj.weight"].shape[0] / rs["proj.latents"].shape[2]}
+    fp = adapters["face_proj"]
+    depth2, heads2, dim_head2 = _perceiver_dims(fp, "proj.")
+    embed = fp["proj.norm.weight"].shape[0]
+    fp_cfg = {"embed_dims": embed, "output_dims": fp["proj.proj_out.weight"].shape[0],
+              "hidden_dims": fp["proj.proj_in.weight"].shape[1],
+              "id_embeddings_dim": fp["proj.proj.net.0.proj.weight"].shape[1], "depth": depth2,
+              "dim_head": dim_head2, "heads": heads2,
+              "num_tokens": fp["proj.proj.net.2.weight"].shape[0] // embed, "num_queries": 1,
+              "ffn_ratio": fp["proj.layers.0.ff.1.net.0.proj.weight"].shape[0] / embed,
+              "ffproj_ratio": fp["proj.proj.net.0.proj.weight"].shape[0] // fp["proj.proj.net.0.proj.weight"].shape[1]}
+    mlp = adapters["subject_mlp"]
+    if "fc1.weight" not in mlp:
+        raise CheckpointError(f"mapping.pt lacks fc1.weight (keys: {sorted(mlp)[:5]}): is it DHumanDiff's mapping.pt?")
+    mlp_cfg = {"in_dim": mlp["fc1.weight"].shape[1], "hidden_dim": mlp["fc1.weight"].shape[0],
+               "out_dim": mlp["fc2.weight"].shape[0]}
+    resampler, face_proj, subject_mlp = Resampler(**res_cfg), FaceProjPlus(**fp_cfg), SubjectMLP(**mlp_cfg)
+    strict_load(resampler, rs, "face_projection.pt (Resampler)")
+    strict_load(face_proj, fp, "face_projection2.pt (ProjPlusModel)")
+    strict_load(subject_mlp, mlp, "mapping.pt (subject MLP)")
+
+    base = get_backbone_config("xl")
+    vcfg = vision.config
+    cfg = BackboneConfig(
+        name=backbone, image_size=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
+        unet=dict(unet.config), vae=dict(vae.config), text_encoder=te1.config.to_dict(),
+        text_encoder_2=te2.config.to_dict(), image_encoder=vcfg.to_dict(), resampler=res_cfg, face_proj=fp_cfg,
+        subject_mlp=mlp_cfg, num_id_tokens=res_cfg["num_queries"], text_hidden_index=-2,
+        clip_size=int(vcfg.image_size), scheduler=dict(base.scheduler), defaults=dict(base.defaults))
+    model = DHumanDiff(cfg, unet, vae, te1, vision, resampler, face_proj, subject_mlp, tok1, te2, tok2)
+    model.load_ip_state_dict(adapters["ip_adapter"])
+    return model.save_pretrained(out_dir, overwrite=overwrite)

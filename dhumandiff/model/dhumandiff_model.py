@@ -1,0 +1,215 @@
+"""The DHumanDiff model: every component of one backbone, built, saved and loaded as one folder.
+
+Folder layout (diffusers-style, safetensors everywhere)::
+
+    dhumandiff.json              backbone config + defaults (what `from_pretrained` rebuilds from)
+    unet/  vae/  text_encoder/  [text_encoder_2/]  image_encoder/     diffusers / transformers folders
+    tokenizer/  [tokenizer_2/]  scheduler/
+    resampler/  face_proj/  subject_mlp/                               our ModelMixin folders
+    ip_adapter/model.safetensors                                        dual-attention K/V, official index keys
+    [identity_encoder/]                                                 the tiny world's ArcFace stand-in
+
+Everything a user can get wrong on load (missing folder, missing or extra keys) raises CheckpointError.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                          CLIPVisionModel, PreTrainedTokenizerBase)
+
+from ..errors import CheckpointError
+from ..utils.atomic import atomic_dir
+from .attention import install_dual_processors, processor_list
+from .configs import BackboneConfig, get_backbone_config
+from .projections import FaceProjPlus, Resampler, SubjectMLP
+from .text import PlainTextEncoder, SubjectTextEncoder
+from .tokenizer import build_word_tokenizer, load_tokenizer, tokenize
+from .unet import IdentityUNet
+
+CONFIG_NAME = "dhumandiff.json"
+
+
+class DHumanDiff(nn.Module):
+    """All trainable and frozen parts of DHumanDiff for one backbone, plus its tokenizer(s)."""
+
+    def __init__(self, config: BackboneConfig, unet: UNet2DConditionModel, vae: AutoencoderKL,
+                 text_encoder: nn.Module, image_encoder: nn.Module, resampler: Resampler, face_proj: FaceProjPlus,
+                 subject_mlp: SubjectMLP, tokenizer: PreTrainedTokenizerBase,
+                 text_encoder_2: nn.Module | None = None, tokenizer_2: PreTrainedTokenizerBase | None = None,
+                 identity_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.image_encoder = image_encoder
+        self.resampler = resampler
+        self.face_proj = face_proj
+        self.subject_mlp = subject_mlp
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.identity_encoder = identity_encoder
+        self.ip_processors = install_dual_processors(unet, 77, config.num_id_tokens, config.defaults.get("ip_scale", 1.0))
+        self.identity_unet = IdentityUNet(unet)
+        self.subject_text = SubjectTextEncoder(text_encoder, subject_mlp, config.text_hidden_index)
+        self.plain_text_2 = PlainTextEncoder(text_encoder_2) if text_encoder_2 is not None else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, backbone: str | BackboneConfig, tokenizer: PreTrainedTokenizerBase | None = None,
+                      words: list[str] | None = None, seed: int = 0) -> "DHumanDiff":
+        """A randomly initialised model of a backbone (the tiny world's tokenizer is built from ``words``)."""
+        cfg = get_backbone_config(backbone) if isinstance(backbone, str) else backbone
+        torch.manual_seed(seed)
+        if tokenizer is None:
+            if words is None:
+                from ..data.captions import world_vocabulary
+
+                words = world_vocabulary()
+            tokenizer = build_word_tokenizer(words)
+        te_cfg = dict(cfg.text_encoder)
+        if cfg.name == "tiny" or tokenizer.vocab_size < te_cfg["vocab_size"] <= 2048:
+            te_cfg.update(vocab_size=max(len(tokenizer), 8), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            cfg.text_encoder = te_cfg
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+        text_encoder_2, tokenizer_2 = None, None
+        if cfg.text_encoder_2 is not None:
+            te2 = dict(cfg.text_encoder_2)
+            te2.update({k: te_cfg[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")})
+            cfg.text_encoder_2 = te2
+            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2))
+            tokenizer_2 = tokenizer
+        unet = UNet2DConditionModel(**cfg.unet)
+        vae = AutoencoderKL(**cfg.vae)
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(**cfg.image_encoder))
+        return cls(cfg, unet, vae, text_encoder, image_encoder, Resampler(**cfg.resampler),
+                   FaceProjPlus(**cfg.face_proj), SubjectMLP(**cfg.subject_mlp), tokenizer,
+                   text_encoder_2, tokenizer_2)
+
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def image_features(self, clip_pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP penultimate hidden states ``[B, T, H]`` of CLIP-normalised face photos."""
+        return self.image_encoder(pixel_values=clip_pixels, output_hidden_states=True).hidden_states[-2]
+
+    def identity_tokens(self, clip_pixels: torch.Tensor, id_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per person: ``(ip_tokens [B,16,C], face_token [B,1,F])`` from its photo and ArcFace embedding."""
+        feats = self.image_features(clip_pixels)
+        return self.resampler(feats), self.face_proj(id_embeds, feats)
+
+    def encode_prompt(self, input_ids: torch.Tensor, face_tokens: torch.Tensor | None,
+                      subject_positions: torch.Tensor | None, input_ids_2: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt context ``[B,77,D]`` (and SDXL's pooled embedding) with the face tokens fused in."""
+        ctx = self.subject_text(input_ids, face_tokens, subject_positions)
+        if self.plain_text_2 is None:
+            return ctx, None
+        hidden2, pooled = self.plain_text_2(input_ids if input_ids_2 is None else input_ids_2)
+        return torch.cat([ctx, hidden2], dim=-1), pooled
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return tokenize(self.tokenizer, prompts).to(self.device)
+
+    def time_ids(self, batch: int) -> torch.Tensor | None:
+        """SDXL's micro-conditioning (original size, crop, target size) for an uncropped square image."""
+        if self.text_encoder_2 is None:
+            return None
+        s = float(self.config.image_size)
+        return torch.tensor([[s, s, 0.0, 0.0, s, s]], device=self.device).repeat(batch, 1)
+
+    # ------------------------------------------------------------------ persistence
+    def ip_state_dict(self) -> dict[str, torch.Tensor]:
+        """Dual-attention weights with official keys ``"{index}.to_k_ip1.weight"``."""
+        return {k: v.detach().contiguous() for k, v in processor_list(self.unet).state_dict().items()}
+
+    def load_ip_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        strict_load(processor_list(self.unet), state, "ip_adapter")
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the model folder atomically (a crash leaves the previous folder or nothing)."""
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            procs = dict(self.unet.attn_processors)
+            self.unet.set_attn_processor(AttnProcessor2_0())
+            try:
+                self.unet.save_pretrained(tmp / "unet")
+            finally:
+                self.unet.set_attn_processor(procs)
+            self.vae.save_pretrained(tmp / "vae")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            if self.text_encoder_2 is not None:
+                self.text_encoder_2.save_pretrained(tmp / "text_encoder_2")
+                self.tokenizer_2.save_pretrained(tmp / "tokenizer_2")
+            self.image_encoder.save_pretrained(tmp / "image_encoder")
+            for name in ("resampler", "face_proj", "subject_mlp"):
+                getattr(self, name).save_pretrained(tmp / name)
+            (tmp / "ip_adapter").mkdir()
+            save_file(self.ip_state_dict(), str(tmp / "ip_adapter" / "model.safetensors"))
+            if self.identity_encoder is not None:
+                self.identity_encoder.save_pretrained(tmp / "identity_encoder")
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "DHumanDiff":
+        """Load a folder written by :meth:`save_pretrained`; strict about every weight."""
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{path} is not a dhumandiff model folder (no {CONFIG_NAME}); pass a folder made "
+                                  f"by `dhumandiff train` or `dhumandiff convert official`")
+        cfg = BackboneConfig.from_dict(json.loads(cfg_file.read_text()))
+        for sub in ["unet", "vae", "text_encoder", "tokenizer", "image_encoder", "resampler", "face_proj",
+                    "subject_mlp", "ip_adapter"]:
+            if not (path / sub).is_dir():
+                raise CheckpointError(f"model folder {path} is missing {sub}/: re-run the export or conversion")
+        kw: dict[str, Any] = {}
+        if (path / "text_encoder_2").is_dir():
+            kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2")
+            kw["tokenizer_2"] = load_tokenizer(path / "tokenizer_2")
+        if (path / "identity_encoder").is_dir():
+            from .faces.world import WorldIdentityEncoder
+
+            kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(path / "identity_encoder")
+        model = cls(cfg, UNet2DConditionModel.from_pretrained(path / "unet"),
+                    AutoencoderKL.from_pretrained(path / "vae"), CLIPTextModel.from_pretrained(path / "text_encoder"),
+                    CLIPVisionModel.from_pretrained(path / "image_encoder"),
+                    Resampler.from_pretrained(path / "resampler"), FaceProjPlus.from_pretrained(path / "face_proj"),
+                    SubjectMLP.from_pretrained(path / "subject_mlp"), load_tokenizer(path / "tokenizer"), **kw)
+        model.load_ip_state_dict(load_file(str(path / "ip_adapter" / "model.safetensors")))
+        return model.eval()
+
+
+def strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with one clear line naming missing / extra / mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            parts.append(f"unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        if shape:
+            k = shape[0]
+            parts.append(f"shape mismatch at {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(f"{what} checkpoint does not match the model ({'; '.join(parts)}): check that the "
+                              f"checkpoint belongs to this backbone")
+    module.load_state_dict(state, strict=True)
