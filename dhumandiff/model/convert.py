@@ -36,29 +36,13 @@ def _perceiver_dims(state: dict, prefix: str, dim_head: int = 64) -> tuple[int, 
     return depth, inner // dim_head, dim_head
 
 
-def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str | Path,
-                     image_encoder_dir: str | Path | None = None, overwrite: bool = False,
-                     backbone: str = "xl") -> Path:
-    """Build and save a :class:`DHumanDiff` from the official release; every key is matched strictly."""
-    sdxl_dir, weights_dir = Path(sdxl_dir), Path(weights_dir)
-    if not sdxl_dir.is_dir():
-        raise CheckpointError(f"SDXL folder {sdxl_dir} not found: pass --sdxl pointing at stable-diffusion-xl-base-1.0")
-    for sub in REQUIRED_SDXL:
-        _need(sdxl_dir, sub, "SDXL component")
-    enc_dir = Path(image_encoder_dir) if image_encoder_dir else next(
-        (p for p in (weights_dir / "image_encoder", sdxl_dir / "image_encoder") if p.is_dir()), None)
-    if enc_dir is None or not enc_dir.is_dir():
-        raise CheckpointError("the IP-Adapter CLIP image encoder (ViT-H/14) folder was not found: put it at "
-                              f"{weights_dir / 'image_encoder'} or pass --image-encoder")
-    adapters = load_official_adapters(weights_dir)
+def _plain(config) -> dict:
+    """A component config as JSON-safe constructor arguments (no private ``_name_or_path`` style keys)."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
-    unet = UNet2DConditionModel.from_pretrained(sdxl_dir / "unet")
-    vae = AutoencoderKL.from_pretrained(sdxl_dir / "vae")
-    te1 = CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder")
-    te2 = CLIPTextModelWithProjection.from_pretrained(sdxl_dir / "text_encoder_2")
-    vision = CLIPVisionModel.from_pretrained(enc_dir)
-    tok1, tok2 = load_tokenizer(sdxl_dir / "tokenizer"), load_tokenizer(sdxl_dir / "tokenizer_2")
 
+def _adapter_configs(adapters: dict) -> tuple[dict, dict, dict]:
+    """Sizes of the Resampler, ProjPlus and subject MLP, read from the checkpoints' tensor shapes."""
     rs = adapters["resampler"]
     depth, heads, dim_head = _perceiver_dims(rs, "proj.")
     res_cfg = {"embed_dims": rs["proj.proj_in.weight"].shape[1], "output_dims": rs["proj.proj_out.weight"].shape[0],
@@ -76,21 +60,50 @@ def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str
               "ffn_ratio": fp["proj.layers.0.ff.1.net.0.proj.weight"].shape[0] / embed,
               "ffproj_ratio": fp["proj.proj.net.0.proj.weight"].shape[0] // fp["proj.proj.net.0.proj.weight"].shape[1]}
     mlp = adapters["subject_mlp"]
-    if "fc1.weight" not in mlp:
-        raise CheckpointError(f"mapping.pt lacks fc1.weight (keys: {sorted(mlp)[:5]}): is it DHumanDiff's mapping.pt?")
     mlp_cfg = {"in_dim": mlp["fc1.weight"].shape[1], "hidden_dim": mlp["fc1.weight"].shape[0],
                "out_dim": mlp["fc2.weight"].shape[0]}
+    return res_cfg, fp_cfg, mlp_cfg
+
+
+def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str | Path,
+                     image_encoder_dir: str | Path | None = None, overwrite: bool = False,
+                     backbone: str = "xl") -> Path:
+    """Build and save a :class:`DHumanDiff` from the official release; every key is matched strictly."""
+    sdxl_dir, weights_dir = Path(sdxl_dir), Path(weights_dir)
+    if not sdxl_dir.is_dir():
+        raise CheckpointError(f"SDXL folder {sdxl_dir} not found: pass --sdxl pointing at stable-diffusion-xl-base-1.0")
+    for sub in REQUIRED_SDXL:
+        _need(sdxl_dir, sub, "SDXL component")
+    enc_dir = Path(image_encoder_dir) if image_encoder_dir else next(
+        (p for p in (weights_dir / "image_encoder", sdxl_dir / "image_encoder") if p.is_dir()), None)
+    if enc_dir is None or not enc_dir.is_dir():
+        raise CheckpointError("the IP-Adapter CLIP image encoder (ViT-H/14) folder was not found: put it at "
+                              f"{weights_dir / 'image_encoder'} or pass --image-encoder")
+    adapters = load_official_adapters(weights_dir)
+    try:
+        res_cfg, fp_cfg, mlp_cfg = _adapter_configs(adapters)
+    except KeyError as exc:
+        raise CheckpointError(f"official checkpoints do not match DHumanDiff's layout (missing keys [{exc.args[0]!r}]):"
+                              f" check that the four files come from the DHumanDiff release") from None
     resampler, face_proj, subject_mlp = Resampler(**res_cfg), FaceProjPlus(**fp_cfg), SubjectMLP(**mlp_cfg)
-    strict_load(resampler, rs, "face_projection.pt (Resampler)")
-    strict_load(face_proj, fp, "face_projection2.pt (ProjPlusModel)")
-    strict_load(subject_mlp, mlp, "mapping.pt (subject MLP)")
+    strict_load(resampler, adapters["resampler"], "face_projection.pt (Resampler)")
+    strict_load(face_proj, adapters["face_proj"], "face_projection2.pt (ProjPlusModel)")
+    strict_load(subject_mlp, adapters["subject_mlp"], "mapping.pt (subject MLP)")
+
+
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir / "unet")
+    vae = AutoencoderKL.from_pretrained(sdxl_dir / "vae")
+    te1 = CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(sdxl_dir / "text_encoder_2")
+    vision = CLIPVisionModel.from_pretrained(enc_dir)
+    tok1, tok2 = load_tokenizer(sdxl_dir / "tokenizer"), load_tokenizer(sdxl_dir / "tokenizer_2")
 
     base = get_backbone_config("xl")
     vcfg = vision.config
     cfg = BackboneConfig(
         name=backbone, image_size=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
-        unet=dict(unet.config), vae=dict(vae.config), text_encoder=te1.config.to_dict(),
-        text_encoder_2=te2.config.to_dict(), image_encoder=vcfg.to_dict(), resampler=res_cfg, face_proj=fp_cfg,
+        unet=_plain(unet.config), vae=_plain(vae.config), text_encoder=_plain(te1.config.to_dict()),
+        text_encoder_2=_plain(te2.config.to_dict()), image_encoder=_plain(vcfg.to_dict()), resampler=res_cfg, face_proj=fp_cfg,
         subject_mlp=mlp_cfg, num_id_tokens=res_cfg["num_queries"], text_hidden_index=-2,
         clip_size=int(vcfg.image_size), scheduler=dict(base.scheduler), defaults=dict(base.defaults))
     model = DHumanDiff(cfg, unet, vae, te1, vision, resampler, face_proj, subject_mlp, tok1, te2, tok2)

@@ -162,7 +162,7 @@ class DHumanDiff(nn.Module):
             save_file(self.ip_state_dict(), str(tmp / "ip_adapter" / "model.safetensors"))
             if self.identity_encoder is not None:
                 self.identity_encoder.save_pretrained(tmp / "identity_encoder")
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
         return path
 
     @classmethod

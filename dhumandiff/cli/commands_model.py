@@ -1,0 +1,73 @@
+"""Commands that need the PyTorch model: ``train``, ``convert official``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .console import console, progress_bar
+
+convert_app = typer.Typer(no_args_is_help=True, help="Convert checkpoints into this project's model folders.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.add_typer(convert_app, name="convert")
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="PairHuman-format folder (see `dhumandiff data synth`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, metrics.csv, model/."),
+    backbone: str = typer.Option("tiny", "--backbone", help="tiny, sd15, xl (or *-test)."),
+    init: str = typer.Option(None, "--init", help="Model folder to start from (needed for sd15/xl)."),
+    steps: int = typer.Option(3000, "--steps", help="Diffusion training steps."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    trainable: str = typer.Option(None, "--trainable", help="all (tiny default) or adapters (sd15/xl default)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and checkpoint) after this long."),
+    encoder_steps: int = typer.Option(600, "--encoder-steps", help="tiny: identity/CLIP stand-in training steps."),
+    vae_steps: int = typer.Option(1500, "--vae-steps", help="tiny: VAE training steps."),
+    identity_loss: float = typer.Option(0.0, "--identity-loss", help="Weight of the identity loss."),
+    region_loss: float = typer.Option(0.0, "--region-loss", help="Weight of the attention region loss."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16, fp16 (GPU)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train DHumanDiff on PairHuman-format data (runs under `accelerate launch` unchanged)."""
+    from ..training.config import TrainConfig
+    from ..training.recipe import RecipeOptions, train_model
+
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
+                      trainable=trainable or ("all" if backbone == "tiny" else "adapters"),
+                      checkpoint_every=checkpoint_every, max_minutes=max_minutes, seed=seed,
+                      identity_loss_weight=identity_loss, region_loss_weight=region_loss,
+                      mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing)
+    opts = RecipeOptions(backbone=backbone, init=init, encoder_steps=encoder_steps, vae_steps=vae_steps, seed=seed)
+    with progress_bar("training") as update:
+        def on_progress(stage: str, step: int, total: int, metrics: dict) -> None:
+            info = f"{stage} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            update(step, total, info)
+
+        report = train_model(data, out, cfg, opts, resume=resume, progress=on_progress)
+    console.print_json(json.dumps(report, default=str))
+
+
+@convert_app.command("official")
+def convert_official_cmd(
+    sdxl: Path = typer.Option(..., "--sdxl", help="SDXL base 1.0 in diffusers layout."),
+    weights: Path = typer.Option(..., "--weights", help="Folder with ip_adapter_ca.pt, face_projection.pt, face_projection2.pt, mapping.pt."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors)."),
+    image_encoder: Path = typer.Option(None, "--image-encoder", help="IP-Adapter CLIP ViT-H folder (default: WEIGHTS/image_encoder)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Convert the official DHumanDiff release into a dhumandiff model folder (strict key matching)."""
+    from ..model.convert import convert_official
+
+    with progress_bar("converting", total=1) as update:
+        path = convert_official(sdxl, weights, out, image_encoder_dir=image_encoder, overwrite=overwrite)
+        update(1)
+    console.print(f"wrote {path}")

@@ -1,0 +1,241 @@
+"""Face analysis shared by every backend: the ``Face`` record, the ``FaceAnalyzer`` contract and the refusals.
+
+A face photo goes through one door, :meth:`FaceAnalyzer.analyze_single`: it detects the faces, refuses a photo
+without a face (never embeds it as noise), refuses a photo with several faces unless ``face_index`` picks one
+(faces are ordered by area, 0 = largest), refuses a face too small to carry an identity, and returns the chosen
+face with its L2-normalised embedding. Backends only implement ``detect`` and ``embed``.
+
+Images are ``HxWx3`` RGB ``uint8`` NumPy arrays everywhere (insightface's BGR convention stays inside its
+backend). This module is torch-free.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import FaceNotFoundError, InputImageError, MultipleFacesError
+
+__all__ = [
+    "Face",
+    "FaceAnalyzer",
+    "get_face_analyzer",
+    "load_rgb",
+    "as_rgb_uint8",
+    "l2_normalize",
+    "square_crop",
+    "ANALYZERS",
+]
+
+ANALYZERS = ("world", "insightface", "dlib")
+
+
+@dataclass
+class Face:
+    """One detected face.
+
+    ``bbox`` is ``[x0, y0, x1, y1]`` in pixels (float32); ``score`` the detector's confidence; ``kps`` optional
+    landmarks ``[5, 2]`` whose order is named by ``kps_format`` (``"arcface"``: left eye, right eye, nose, left
+    and right mouth corner, as insightface; ``"dlib5"``: dlib's 5-point predictor order); ``embedding`` optional,
+    float32 and L2-normalised once set by an analyzer.
+    """
+
+    bbox: np.ndarray
+    score: float = 1.0
+    kps: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    kps_format: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bbox = np.asarray(self.bbox, dtype=np.float32).reshape(4)
+        self.score = float(self.score)
+        if self.kps is not None:
+            self.kps = np.asarray(self.kps, dtype=np.float32).reshape(-1, 2)
+
+    @property
+    def width(self) -> float:
+        return float(self.bbox[2] - self.bbox[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.bbox[3] - self.bbox[1])
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def size_px(self) -> float:
+        """The face's smaller side in pixels (what ``min_face_px`` is compared with)."""
+        return min(self.width, self.height)
+
+
+def l2_normalize(vec: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``vec / ||vec||`` over the last axis, float32."""
+    vec = np.asarray(vec, dtype=np.float32)
+    return (vec / np.maximum(np.linalg.norm(vec, axis=-1, keepdims=True), eps)).astype(np.float32)
+
+
+def as_rgb_uint8(image: Any, name: str = "the photo") -> np.ndarray:
+    """Coerce an array (HxW grey, HxWx3 RGB, HxWx4 RGBA; uint8, or float in 0..1) to contiguous HxWx3 uint8."""
+    if not isinstance(image, np.ndarray):
+        try:
+            from PIL import Image
+
+            if isinstance(image, Image.Image):
+                image = np.asarray(image.convert("RGB"))
+        except ImportError:  # pragma: no cover - pillow is a core dependency
+            pass
+    if not isinstance(image, np.ndarray):
+        raise InputImageError(f"{name} is not an image array ({type(image).__name__}): pass an HxWx3 RGB uint8 array "
+                              f"or a path to a photo")
+    arr = image
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputImageError(f"{name} has shape {tuple(image.shape)}: pass an HxWx3 RGB image")
+    arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise InputImageError(f"{name} holds NaN/Inf pixels: pass a valid RGB image")
+            scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+            arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        elif np.issubdtype(arr.dtype, np.integer):
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        else:
+            raise InputImageError(f"{name} has pixel type {arr.dtype}: pass an RGB uint8 image")
+    return np.ascontiguousarray(arr)
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as HxWx3 RGB uint8 (EXIF rotation applied); :class:`InputImageError` if it cannot be read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"photo {path} does not exist: check the path")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputImageError(f"cannot read {path} as an image ({exc.__class__.__name__}): pass a JPEG or PNG "
+                              f"photo") from None
+
+
+def square_crop(image: np.ndarray, bbox, size: int, context: float = 1.0) -> np.ndarray:
+    """A square crop centred on ``bbox``, side ``max(w, h) * context``, edge-padded, resized (bicubic) to ``size``.
+
+    The one crop every analyzer and trainer uses in front of a 112-px identity encoder, so a face embeds the
+    same whether it came from a reference photo or from a generated scene.
+    """
+    from PIL import Image
+
+    x0, y0, x1, y1 = [float(v) for v in np.asarray(bbox).reshape(4)]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0, 1.0) * context / 2
+    pad = int(np.ceil(half)) + 2
+    padded = Image.fromarray(np.pad(np.asarray(image, np.uint8), ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    box = (cx - half + pad, cy - half + pad, cx + half + pad, cy + half + pad)
+    return np.asarray(padded.resize((size, size), Image.BICUBIC, box=box))
+
+
+class FaceAnalyzer(abc.ABC):
+    """Detects faces and embeds one of them. Subclasses implement :meth:`detect`, :meth:`embed`, ``embedding_dim``.
+
+    ``min_face_px`` is the smallest face side :meth:`analyze_single` accepts by default (backend-specific: what
+    its detector and recogniser still read reliably).
+    """
+
+    name: str = "face analyzer"
+    min_face_px: int = 32
+
+    @property
+    @abc.abstractmethod
+    def embedding_dim(self) -> int:
+        """Length of :meth:`embed`'s vector."""
+
+    @abc.abstractmethod
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """All faces in an HxWx3 RGB uint8 image, largest area first (no embeddings)."""
+
+    @abc.abstractmethod
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """The L2-normalised float32 embedding ``[embedding_dim]`` of ``face`` in ``image``."""
+
+    # ------------------------------------------------------------------ shared
+    @staticmethod
+    def _sorted(faces: list[Face]) -> list[Face]:
+        return sorted(faces, key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+
+    def analyze(self, image: np.ndarray) -> list[Face]:
+        """Every face, largest first, each with its embedding."""
+        image = as_rgb_uint8(image)
+        faces = self.detect(image)
+        for face in faces:
+            face.embedding = self.embed(image, face)
+        return faces
+
+    def analyze_single(self, image: np.ndarray | str | os.PathLike, face_index: int | None = None,
+                       min_face_px: int | None = None, name: str | None = None) -> Face:
+        """The one face of a photo of one person, embedded; refuses photos it cannot use.
+
+        ``image`` is an RGB array or a path. ``face_index`` picks a face when the photo shows several (0 = largest).
+        Raises :class:`FaceNotFoundError` (no face / index out of range / face smaller than ``min_face_px``) or
+        :class:`MultipleFacesError` (several faces and no ``face_index``).
+        """
+        if isinstance(image, (str, os.PathLike)):
+            name = name or Path(image).name
+            image = load_rgb(image)
+        name = name or "the photo"
+        image = as_rgb_uint8(image, name)
+        min_px = self.min_face_px if min_face_px is None else int(min_face_px)
+        faces = self._sorted(self.detect(image))
+        if not faces:
+            raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
+        if face_index is None:
+            if len(faces) > 1:
+                raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass --face-index N (0 = largest, "
+                                         f"faces ordered by size) or crop the photo to one person")
+            face = faces[0]
+        else:
+            idx = int(face_index)
+            if not 0 <= idx < len(faces):
+                raise FaceNotFoundError(f"--face-index {idx} is out of range: {len(faces)} face(s) found in {name} "
+                                        f"(valid: 0..{len(faces) - 1}, 0 = largest)")
+            face = faces[idx]
+        if face.size_px < min_px:
+            raise FaceNotFoundError(f"face too small in {name} ({face.width:.0f}x{face.height:.0f} px): use a photo "
+                                    f"where the face is at least {min_px} px")
+        face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
+        return face
+
+
+def get_face_analyzer(name: str = "world", **kw: Any) -> FaceAnalyzer:
+    """Build a face analyzer by name.
+
+    ``"world"``: the tiny synthetic world (default for the tiny backbone; ``encoder=`` folder or module).
+    ``"insightface"``: buffalo_l-style local models folder (``root=``, offline). ``"dlib"``: dlib HOG + ResNet.
+    """
+    key = (name or "world").lower()
+    if key == "world":
+        from .world import WorldAnalyzer
+
+        return WorldAnalyzer(**kw)
+    if key == "insightface":
+        from .insightface_backend import InsightFaceAnalyzer
+
+        return InsightFaceAnalyzer(**kw)
+    if key == "dlib":
+        from .dlib_backend import DlibAnalyzer
+
+        return DlibAnalyzer(**kw)
+    raise ValueError(f"unknown face analyzer {name!r}: choose one of {', '.join(ANALYZERS)}")
