@@ -19,7 +19,7 @@ MAX_LENGTH = 77
 PERSON_WORDS = (
     "man", "woman", "boy", "girl", "bride", "groom", "mother", "father", "mom", "dad", "son", "daughter",
     "husband", "wife", "friend", "lady", "gentleman", "child", "kid", "baby", "grandmother", "grandfather",
-    "grandma", "grandpa", "brother", "sister", "person", "partner", "teenager", "guy",
+    "grandma", "grandpa", "brother", "sister", "person", "partner", "teenager", "guy", "boyfriend", "girlfriend",
 )
 
 
