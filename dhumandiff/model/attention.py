@@ -104,10 +104,13 @@ class DualIPAttnProcessor(nn.Module):
         k1, v1 = _heads(self.to_k_ip1(id1), heads), _heads(self.to_v_ip1(id1), heads)
         k2, v2 = _heads(self.to_k_ip2(id2), heads), _heads(self.to_v_ip2(id2), heads)
         if attn_store is not None:
-            # Cascade stage 1 reads where the ID tokens attend: mean over heads and tokens, per person.
-            d = q.shape[-1]
-            p1 = torch.softmax(q @ k1.transpose(-1, -2) / math.sqrt(d), dim=-1).mean(dim=(1, 3))
-            p2 = torch.softmax(q @ k2.transpose(-1, -2) / math.sqrt(d), dim=-1).mean(dim=(1, 3))
+            # Cascade stage 1 reads where the ID tokens are attended: softmax over the whole context (text and
+            # both persons' tokens, as one attention would see it), mass on each person's tokens, mean over heads.
+            kt = _heads(attn.to_k(text), heads)
+            logits = q @ torch.cat([kt, k1, k2], dim=2).transpose(-1, -2) / math.sqrt(q.shape[-1])
+            probs = torch.softmax(logits, dim=-1)
+            p1 = probs[..., t:t + k].sum(-1).mean(1)
+            p2 = probs[..., t + k:].sum(-1).mean(1)
             attn_store.append(torch.stack([p1, p2], dim=1).detach())
         ip1 = _merge(F.scaled_dot_product_attention(q, k1, v1))
         ip2 = _merge(F.scaled_dot_product_attention(q, k2, v2))
