@@ -1,0 +1,106 @@
+"""What every backend adapter is: a thing that runs a named graph on named NumPy arrays.
+
+The sampler loop (``generator.py``) owns all the maths; an adapter only loads graphs and runs them, so adding a
+backend is one small class. :class:`BaseRunner` holds what every adapter shares: casting inputs to the dtypes the
+manifest declares, loading each component lazily (a CLI call that fails on the prompt never loads the UNet), and
+the NaN/Inf gate after every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from dhumandiff.errors import BundleError, NumericalError
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
+@runtime_checkable
+class GraphRunner(Protocol):
+    """Runs one bundle's components. ``providers`` says what actually executes them (for logs and doctor)."""
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_finite(component: str, outputs: Mapping[str, np.ndarray], where: str = "") -> None:
+    """Raise :class:`NumericalError` naming the component when any float output holds NaN or Inf."""
+    for name, arr in outputs.items():
+        a = np.asarray(arr)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "Inf"
+            hint = (
+                "the fp16 VAE decoder overflowed; re-export with --vae-precision fp32"
+                if component == "vae_decoder"
+                else "try an fp32 bundle or --device cpu"
+            )
+            raise NumericalError(f"{component} produced {bad} in output '{name}'{where}; {hint}")
+
+
+class BaseRunner:
+    """Shared adapter plumbing. Subclasses implement ``_load(component)`` and ``_run(handle, inputs)``."""
+
+    runtime = "base"
+
+    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "cpu") -> None:
+        self.components = dict(components)
+        self.root = Path(root)
+        self.device = device
+        self._handles: dict[str, Any] = {}
+
+    @property
+    def providers(self) -> list[str]:
+        return [self.device]
+
+    def _load(self, component: str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, component: str, handle: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def path_of(self, component: str) -> Path:
+        return self.root / self.components[component].file
+
+    def handle(self, component: str) -> Any:
+        """The loaded graph, loaded on first use."""
+        if component not in self.components:
+            raise BundleError(f"this bundle has no component {component!r}; re-export the bundle")
+        if component not in self._handles:
+            self._handles[component] = self._load(component)
+        return self._handles[component]
+
+    def prepare(self, component: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names and shapes against the manifest and cast to its dtypes (an fp16 graph takes fp16)."""
+        spec = self.components[component]
+        missing = [n for n in spec.inputs if n not in inputs]
+        if missing:
+            raise ValueError(f"{component}: missing input(s) {missing}")
+        out: dict[str, np.ndarray] = {}
+        for name, tspec in spec.inputs.items():
+            arr = np.asarray(inputs[name])
+            shape = tuple(tspec.shape)
+            if len(arr.shape) != len(shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(shape, arr.shape)
+            ):
+                raise ValueError(f"{component}.{name}: got shape {list(arr.shape)}, the bundle expects {list(shape)}")
+            out[name] = np.ascontiguousarray(arr, dtype=_NP_DTYPES[tspec.dtype])
+        return out
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        handle = self.handle(component)
+        outputs = self._run(component, handle, self.prepare(component, inputs))
+        spec = self.components[component]
+        missing = [n for n in spec.outputs if n not in outputs]
+        if missing:
+            raise BundleError(
+                f"{component} graph did not return output(s) {missing} named in bundle.json; re-export the bundle"
+            )
+        result = {n: np.asarray(outputs[n]) for n in spec.outputs}
+        result = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in result.items()}
+        check_finite(component, result, f" ({self.runtime} on {self.device})")
+        return result

@@ -1,0 +1,293 @@
+"""The one sampler loop: two faces + a prompt -> one image, over any runtime's graphs.
+
+Every backend (onnxruntime, OpenVINO, Core ML, TorchScript) runs through this loop; an adapter only runs
+graphs. The loop is written so the PyTorch reference pipeline can reproduce it number for number:
+
+1. per person (A then B): ``identity_encoder(face)`` -> ``embedding``; ``image_encoder(pixel_values)`` ->
+   ``image_embeds``; ``face_projection(image_embeds, id_embedding)`` -> ``ip_tokens`` [1,16,C], ``face_token``.
+2. text: ``text_encoder(input_ids, face_tokens=[A, B], subject_positions=[pA, pB])``; for CFG the unconditional
+   row encodes ``negative_prompt`` (default ``""``) with positions ``-1`` and zero face tokens. SDXL bundles
+   also run ``text_encoder_2`` and concatenate its ``prompt_embeds`` on the last axis.
+3. ``region_mask`` from the layout (``layout.py``); ``ip_tokens`` = concat(A, B) on the token axis; the
+   unconditional row gets zero ip_tokens.
+4. noise: ONE ``np.random.default_rng(seed)`` per call. Draws, in order: the initial latents
+   ``standard_normal((1, C, h, w), dtype=float64).astype(float32) * init_noise_sigma``, then each stochastic
+   scheduler step's noise (LCM/TCD), same recipe.
+5. each step: ``x_in = scheduler.scale_model_input(latents, t)`` repeated to the UNet batch; ``timestep`` = t as
+   float32; CFG (batch 2, uncond first): ``eps = uncond + g * (cond - uncond)``; ``latents = scheduler.step``.
+6. ``vae_decoder(latents / scaling_factor)`` -> [-1, 1] -> uint8 (``imageio.postprocess``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from dhumandiff.errors import DHumanDiffError, PromptError
+from dhumandiff.runtimes import schedulers
+from dhumandiff.runtimes.adapters import GraphRunner, RuntimeInfo, available_runtimes, make_runner
+from dhumandiff.runtimes.imageio import ImageLike, load_image, postprocess, preprocess_clip, preprocess_face
+from dhumandiff.runtimes.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
+from dhumandiff.runtimes.manifest import Manifest, load_manifest
+from dhumandiff.runtimes.tokenizer import PromptTokenizer
+
+__all__ = ["BundleGenerator", "GenerationResult", "RuntimeInfo", "available_runtimes", "describe", "load_bundle"]
+
+ProgressFn = Callable[[int, int], None]
+LayoutLike = Layout | str | Sequence[Sequence[float]] | None
+
+
+class SettingsError(DHumanDiffError):
+    """A generation setting (steps, sampler, guidance) is out of range. Exit code 1, like any plain error."""
+
+
+@dataclass
+class GenerationResult:
+    """The image, the final latents (before ``/ scaling_factor``) and seconds spent per phase."""
+
+    image: Image.Image
+    latents: np.ndarray
+    timings: dict[str, float]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Person:
+    ip_tokens: np.ndarray
+    face_token: np.ndarray
+
+
+class BundleGenerator:
+    """A loaded bundle ready to generate. Build it with :func:`load_bundle`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        runner: GraphRunner,
+        tokenizer: PromptTokenizer,
+        tokenizer_2: PromptTokenizer | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2 or tokenizer
+
+    # ------------------------------------------------------------------------------------------- encoders
+
+    def encode_person(self, face: Image.Image) -> _Person:
+        """Identity tokens for the UNet and the face token for the text encoder, from one face photo."""
+        ident = self.manifest.identity
+        emb = self.runner.run(
+            "identity_encoder", {"face": preprocess_face(face, ident.face_size, ident.arcface_mean, ident.arcface_std)}
+        )["embedding"]
+        clip = self.runner.run(
+            "image_encoder", {"pixel_values": preprocess_clip(face, ident.clip_size, ident.clip_mean, ident.clip_std)}
+        )["image_embeds"]
+        proj = self.runner.run("face_projection", {"image_embeds": clip, "id_embedding": emb})
+        return _Person(proj["ip_tokens"], proj["face_token"])
+
+    def encode_text(
+        self, prompt: str, face_tokens: np.ndarray, positions: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(context [1, 77, D(+D2)], pooled [1, D2] or None)`` for one prompt."""
+        ids, _ = self.tokenizer.encode(prompt)
+        ctx = self.runner.run(
+            "text_encoder",
+            {
+                "input_ids": ids,
+                "face_tokens": face_tokens.astype(np.float32),
+                "subject_positions": np.asarray([list(positions)], dtype=np.int64),
+            },
+        )["prompt_embeds"]
+        if not self.manifest.is_sdxl:
+            return ctx, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the first tokenizer already warned about truncation
+            ids2, _ = self.tokenizer_2.encode(prompt)
+        out2 = self.runner.run("text_encoder_2", {"input_ids": ids2})
+        return np.concatenate([ctx, out2["prompt_embeds"]], axis=-1), out2["pooled_prompt_embeds"]
+
+    # ----------------------------------------------------------------------------------------- settings
+
+    def _layout(self, layout: LayoutLike) -> Layout:
+        if layout is None:
+            return automatic_layout()
+        if isinstance(layout, Layout):
+            return layout
+        if isinstance(layout, str):
+            return parse_layout(layout, image_size=self.manifest.image_size)
+        return make_layout(layout, image_size=self.manifest.image_size)
+
+    def _scheduler(self, sampler: str | None, steps: int) -> schedulers.Scheduler:
+        name = sampler or self.manifest.defaults.sampler
+        try:
+            sched = schedulers.from_config(self.manifest.scheduler, sampler=name)
+            sched.set_timesteps(steps)
+        except ValueError as e:
+            raise SettingsError(f"{e}; pick other --steps or --sampler") from None
+        return sched
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def __call__(
+        self,
+        face_a: ImageLike,
+        face_b: ImageLike,
+        prompt: str,
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        ip_scale: float | None = None,
+        seed: int = 0,
+        layout: LayoutLike = None,
+        sampler: str | None = None,
+        negative_prompt: str = "",
+        person_words: Sequence[str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> GenerationResult:
+        """Generate one image of person A (``face_a``) and person B (``face_b``).
+
+        Faces are taken as given: pass face crops (the reference pipeline crops around a detected face; face
+        detection is not part of the torch-free runtime), a non-square photo is centre-cropped. Settings left
+        as None come from the bundle's ``defaults``. Every user input (prompt, person words, layout, steps,
+        sampler, image files) is checked before any graph runs.
+        """
+        m = self.manifest
+        d = m.defaults
+        t_start = time.perf_counter()
+        steps = d.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise SettingsError(f"steps must be a positive integer (got {steps!r})")
+        batch = m.unet_batch
+        if batch == 1 and guidance_scale is not None:
+            warnings.warn("this bundle is CFG-free (unet batch 1): guidance_scale is ignored", stacklevel=2)
+        g = float(d.guidance_scale if guidance_scale is None else guidance_scale)
+        s_ip = float(d.ip_scale if ip_scale is None else ip_scale)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise SettingsError(f"seed must be a non-negative integer (got {seed!r})")
+
+        # fail fast on everything the user typed before touching a graph
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the prompt is empty; describe the scene and name both people, e.g. 'a man and a woman'")
+        positions = self.tokenizer.find_person_positions(
+            prompt, tuple(person_words) if person_words is not None else None  # type: ignore[arg-type]
+        )
+        lay = self._layout(layout)
+        mask = region_mask(lay, m.latent_size)
+        sched = self._scheduler(sampler, int(steps))
+        img_a, img_b = load_image(face_a), load_image(face_b)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        pa, pb = self.encode_person(img_a), self.encode_person(img_b)
+        timings["encode_faces"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        face_tokens = np.concatenate([pa.face_token, pb.face_token], axis=1)
+        ctx, pooled = self.encode_text(prompt, face_tokens, positions)
+        ip_tokens = np.concatenate([pa.ip_tokens, pb.ip_tokens], axis=1)
+        if batch == 2:
+            uctx, upooled = self.encode_text(negative_prompt, np.zeros_like(face_tokens), (-1, -1))
+            ctx = np.concatenate([uctx, ctx], axis=0)
+            pooled = None if pooled is None else np.concatenate([upooled, pooled], axis=0)  # type: ignore[list-item]
+            ip_tokens = np.concatenate([np.zeros_like(ip_tokens), ip_tokens], axis=0)
+        timings["encode_text"] = time.perf_counter() - t0
+
+        h, w = m.latent_size
+        static = {
+            "encoder_hidden_states": ctx,
+            "ip_tokens": ip_tokens,
+            "region_mask": np.repeat(mask, batch, axis=0),
+            "ip_scale": np.asarray([s_ip], dtype=np.float32),
+        }
+        if m.is_sdxl:
+            H, W = m.image_size
+            static["text_embeds"] = pooled  # type: ignore[assignment]
+            static["time_ids"] = np.tile(np.asarray([[H, W, 0, 0, H, W]], dtype=np.float32), (batch, 1))
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(int(seed))
+        latents = rng.standard_normal((1, m.latent.channels, h, w), dtype=np.float64).astype(np.float32)
+        latents = (latents * np.float32(sched.init_noise_sigma)).astype(np.float32)
+        total = len(sched.timesteps)
+        for i, t in enumerate(sched.timesteps):
+            x_in = sched.scale_model_input(latents, t)
+            eps = self.runner.run(
+                "unet",
+                {
+                    "sample": np.repeat(x_in, batch, axis=0),
+                    "timestep": np.full((batch,), float(t), dtype=np.float32),
+                    **static,
+                },
+            )["noise_pred"].astype(np.float32)
+            if batch == 2:
+                eps = eps[:1] + np.float32(g) * (eps[1:] - eps[:1])
+            latents = sched.step(eps, t, latents, generator_noise=rng)
+            if progress is not None:
+                progress(i + 1, total)
+        timings["denoise"] = time.perf_counter() - t0
+        timings["unet_per_step"] = timings["denoise"] / max(total, 1)
+
+        t0 = time.perf_counter()
+        decoded = self.runner.run(
+            "vae_decoder", {"latent_sample": (latents / np.float32(m.latent.scaling_factor)).astype(np.float32)}
+        )["sample"]
+        image = postprocess(decoded)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        settings = {
+            "steps": int(steps), "guidance_scale": g if batch == 2 else None, "ip_scale": s_ip, "seed": int(seed),
+            "sampler": type(sched).__name__, "layout": [list(b) for b in lay.boxes],
+            "subject_positions": list(positions), "runtime": m.runtime, "providers": list(self.runner.providers),
+        }
+        return GenerationResult(image=image, latents=latents, timings=timings, settings=settings)
+
+    def describe(self) -> dict[str, Any]:
+        """The loaded bundle, for logs and ``dhumandiff doctor``."""
+        m = self.manifest
+        return {
+            "bundle": str(m.root) if m.root else None,
+            "model_name": m.model_name,
+            "backbone": m.backbone,
+            "runtime": m.runtime,
+            "precision": m.precision,
+            "image_size": list(m.image_size),
+            "cfg": m.unet_batch == 2,
+            "components": sorted(m.components),
+            "providers": list(self.runner.providers),
+            "defaults": dataclasses.asdict(m.defaults),
+        }
+
+
+def load_bundle(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    runtime: str | None = None,
+    *,
+    num_threads: int | None = None,
+    verify: bool = True,
+) -> BundleGenerator:
+    """Validate a bundle (sha256 of every file unless ``verify=False``) and prepare its runtime.
+
+    ``runtime``: None takes the bundle's own; a different one is refused with what to do. Graphs are loaded
+    on first use, so a bad prompt fails before the UNet is read.
+    """
+    m = load_manifest(path, runtime=runtime, verify=verify)
+    root = Path(m.root)  # type: ignore[arg-type]
+    runner = make_runner(m.runtime, m.components, root, device=device, precision=m.precision, num_threads=num_threads)
+    tok = PromptTokenizer.from_spec(root / m.tokenizer.file, m.tokenizer)
+    tok2 = PromptTokenizer.from_spec(root / m.tokenizer_2.file, m.tokenizer_2) if m.tokenizer_2 else None
+    return BundleGenerator(m, runner, tok, tok2)
+
+
+def describe(probe_torch: bool = True) -> dict[str, Any]:
+    """What this machine can run, for ``dhumandiff doctor``."""
+    return {"runtimes": [dataclasses.asdict(r) for r in available_runtimes(probe_torch=probe_torch)]}

@@ -1,0 +1,665 @@
+"""The bundle contract: ``bundle.json`` at the root of an exported bundle, read strictly.
+
+The exporter writes it, the runtimes read it; it is the only thing the two sides share. Reading is strict on
+purpose: a bundle that loads is complete, untampered (every file's sha256 checked), self-contained (no path
+leaves the folder) and for this runtime, so later failures are about the model, never about a half-copied
+folder. Every refusal is one :class:`~dhumandiff.errors.BundleError` line that says what to do.
+
+Conventions: ``image_size`` is ``[height, width]`` in pixels; every path in the manifest (component ``file``,
+``extra_files``, ``sha256`` keys, ``tokenizer.file``) is relative to the bundle root with ``/`` separators; a
+component ``file`` may be a folder (a Core ML ``.mlpackage``), whose files then each need a ``sha256`` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Mapping
+
+from dhumandiff.errors import BundleError
+from dhumandiff.utils.atomic import sha256_file, write_text_atomic
+
+FORMAT = "dhumandiff-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "bundle.json"
+RUNTIMES = ("onnx", "openvino", "coreml", "torchscript")
+DTYPES = ("float32", "float16", "int64", "int32")
+SUPPORTED_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+
+#: The fixed I/O contract: component -> (input names, output names). ``text_encoder_2`` is the SDXL extra.
+COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "identity_encoder": (("face",), ("embedding",)),
+    "image_encoder": (("pixel_values",), ("image_embeds",)),
+    "face_projection": (("image_embeds", "id_embedding"), ("ip_tokens", "face_token")),
+    "text_encoder": (("input_ids", "face_tokens", "subject_positions"), ("prompt_embeds",)),
+    "unet": (
+        ("sample", "timestep", "encoder_hidden_states", "ip_tokens", "region_mask", "ip_scale"),
+        ("noise_pred",),
+    ),
+    "vae_decoder": (("latent_sample",), ("sample",)),
+}
+OPTIONAL_COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "text_encoder_2": (("input_ids",), ("prompt_embeds", "pooled_prompt_embeds")),
+}
+#: Extra UNet inputs that exist exactly when ``text_encoder_2`` does (SDXL micro-conditioning).
+SDXL_UNET_INPUTS = ("text_embeds", "time_ids")
+REQUIRED_COMPONENTS = tuple(COMPONENT_IO)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REEXPORT = "re-export the bundle with `dhumandiff export`"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of one graph input or output. A ``str`` dimension is a named dynamic axis."""
+
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exported graph: its main file, side files (external weights), digests and interface."""
+
+    name: str
+    file: str
+    extra_files: tuple[str, ...]
+    sha256: Mapping[str, str]
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "extra_files": list(self.extra_files),
+            "sha256": dict(self.sha256),
+            "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+        }
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    channels: int
+    downscale: int
+    scaling_factor: float
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A ``tokenizers`` JSON file plus the ids the sampler places itself (BOS/EOS/padding to ``max_length``)."""
+
+    file: str
+    max_length: int
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    num_id_tokens: int
+    face_size: int
+    clip_size: int
+    clip_mean: tuple[float, float, float]
+    clip_std: tuple[float, float, float]
+    arcface_mean: float
+    arcface_std: float
+
+
+@dataclass(frozen=True)
+class Defaults:
+    steps: int
+    guidance_scale: float
+    ip_scale: float
+    sampler: str
+    cfg: bool
+
+
+@dataclass(frozen=True)
+class Budget:
+    component_max_abs: float
+    end_to_end_psnr_db: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated ``bundle.json``. ``root`` is the bundle folder (not serialised)."""
+
+    backbone: str
+    runtime: str
+    precision: str
+    model_name: str
+    image_size: tuple[int, int]
+    latent: LatentSpec
+    scheduler: Mapping[str, Any]
+    tokenizer: TokenizerSpec
+    identity: IdentitySpec
+    defaults: Defaults
+    components: Mapping[str, ComponentSpec]
+    budget: Budget | None = None
+    created_by: str | None = None
+    tokenizer_2: TokenizerSpec | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    root: Path | None = field(default=None, compare=False)
+
+    @property
+    def unet_batch(self) -> int:
+        """2 when the bundle runs classifier-free guidance (uncond row first), 1 for a CFG-free student."""
+        b = self.components["unet"].inputs["sample"].shape[0]
+        return b if isinstance(b, int) else (2 if self.defaults.cfg else 1)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of the latent grid."""
+        return (self.image_size[0] // self.latent.downscale, self.image_size[1] // self.latent.downscale)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return "text_encoder_2" in self.components
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "backbone": self.backbone,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "model_name": self.model_name,
+            "image_size": list(self.image_size),
+            "latent": dataclasses.asdict(self.latent),
+            "scheduler": dict(self.scheduler),
+            "tokenizer": _tokenizer_dict(self.tokenizer),
+            "identity": {
+                **dataclasses.asdict(self.identity),
+                "clip_mean": list(self.identity.clip_mean),
+                "clip_std": list(self.identity.clip_std),
+            },
+            "defaults": dataclasses.asdict(self.defaults),
+            "components": {k: v.to_dict() for k, v in self.components.items()},
+        }
+        if self.tokenizer_2 is not None:
+            d["tokenizer_2"] = _tokenizer_dict(self.tokenizer_2)
+        if self.budget is not None:
+            d["budget"] = dataclasses.asdict(self.budget)
+        if self.created_by is not None:
+            d["created_by"] = self.created_by
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a manifest-relative file (the manifest must have been loaded from disk)."""
+        if self.root is None:
+            raise BundleError("this manifest was not loaded from a bundle folder; load it with load_manifest()")
+        return self.root / rel
+
+
+def _tokenizer_dict(t: TokenizerSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(t)
+    if d.get("sha256") is None:
+        d.pop("sha256", None)
+    return d
+
+
+# --------------------------------------------------------------------------------------------- field readers
+
+
+def _fail(msg: str) -> BundleError:
+    return BundleError(msg)
+
+
+def _get(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise _fail(f"bundle.json: '{where}' must be an object; {_REEXPORT}")
+    if key not in d:
+        raise _fail(f"bundle.json: missing field '{_join(where, key)}'; {_REEXPORT}")
+    return d[key]
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _int(d: Mapping[str, Any], key: str, where: str = "", minimum: int | None = 1) -> int:
+    v = _get(d, key, where)
+    if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be an integer{bound} (got {v!r}); {_REEXPORT}")
+    return v
+
+
+def _float(d: Mapping[str, Any], key: str, where: str = "", positive: bool = False) -> float:
+    v = _get(d, key, where)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+        kind = "a positive number" if positive else "a finite number"
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be {kind} (got {v!r}); {_REEXPORT}")
+    return float(v)
+
+
+def _str(d: Mapping[str, Any], key: str, where: str = "") -> str:
+    v = _get(d, key, where)
+    if not isinstance(v, str) or not v:
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be a non-empty string (got {v!r}); {_REEXPORT}")
+    return v
+
+
+def _bool(d: Mapping[str, Any], key: str, where: str = "") -> bool:
+    v = _get(d, key, where)
+    if not isinstance(v, bool):
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be true or false (got {v!r}); {_REEXPORT}")
+    return v
+
+
+def _obj(d: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:
+    v = _get(d, key, where)
+    if not isinstance(v, Mapping):
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be an object; {_REEXPORT}")
+    return v
+
+
+def _floats(d: Mapping[str, Any], key: str, where: str, n: int, positive: bool = False) -> tuple[float, ...]:
+    v = _get(d, key, where)
+    ok = isinstance(v, list) and len(v) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+        for x in v
+    )
+    if not ok:
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be a list of {n} numbers (got {v!r}); {_REEXPORT}")
+    return tuple(float(x) for x in v)
+
+
+def _tensor_spec(d: Any, where: str) -> TensorSpec:
+    if not isinstance(d, Mapping):
+        raise _fail(f"bundle.json: '{where}' must be an object with 'shape' and 'dtype'; {_REEXPORT}")
+    shape = _get(d, "shape", where)
+    ok = isinstance(shape, list) and all(
+        (isinstance(s, int) and not isinstance(s, bool) and s > 0) or (isinstance(s, str) and s) for s in shape
+    )
+    if not ok:
+        raise _fail(
+            f"bundle.json: '{where}.shape' must be a list of positive integers or axis names (got {shape!r}); "
+            f"{_REEXPORT}"
+        )
+    dtype = _str(d, "dtype", where)
+    if dtype not in DTYPES:
+        raise _fail(f"bundle.json: '{where}.dtype' {dtype!r} is not one of {', '.join(DTYPES)}; {_REEXPORT}")
+    return TensorSpec(tuple(shape), dtype)
+
+
+def _tokenizer(d: Mapping[str, Any], where: str) -> TokenizerSpec:
+    sha = d.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha)):
+        raise _fail(f"bundle.json: '{where}.sha256' must be 64 lowercase hex digits; {_REEXPORT}")
+    spec = TokenizerSpec(
+        file=_str(d, "file", where),
+        max_length=_int(d, "max_length", where, minimum=3),
+        pad_token_id=_int(d, "pad_token_id", where, minimum=0),
+        bos_token_id=_int(d, "bos_token_id", where, minimum=0),
+        eos_token_id=_int(d, "eos_token_id", where, minimum=0),
+        sha256=sha,
+    )
+    return spec
+
+
+def _component(name: str, d: Any) -> ComponentSpec:
+    where = f"components.{name}"
+    if not isinstance(d, Mapping):
+        raise _fail(f"bundle.json: '{where}' must be an object; {_REEXPORT}")
+    extra = d.get("extra_files", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) and x for x in extra):
+        raise _fail(f"bundle.json: '{where}.extra_files' must be a list of file names; {_REEXPORT}")
+    sha = _obj(d, "sha256", where)
+    for k, v in sha.items():
+        if not isinstance(v, str) or not _HEX64.match(v):
+            raise _fail(f"bundle.json: '{where}.sha256[{k!r}]' must be 64 lowercase hex digits; {_REEXPORT}")
+    inputs = {k: _tensor_spec(v, f"{where}.inputs.{k}") for k, v in _obj(d, "inputs", where).items()}
+    outputs = {k: _tensor_spec(v, f"{where}.outputs.{k}") for k, v in _obj(d, "outputs", where).items()}
+    return ComponentSpec(name, _str(d, "file", where), tuple(extra), dict(sha), inputs, outputs)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Manifest:
+    """Validate a parsed ``bundle.json`` (no file checks). ``runtime`` is the runtime the caller will use."""
+    if not isinstance(d, Mapping):
+        raise _fail("bundle.json must hold a JSON object; this is not a dhumandiff bundle")
+    fmt = d.get("format")
+    if fmt != FORMAT:
+        raise _fail(
+            f"not a dhumandiff bundle (bundle.json 'format' is {fmt!r}, expected {FORMAT!r}); "
+            "pass the folder written by `dhumandiff export`"
+        )
+    version = d.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _fail(f"bundle.json: 'format_version' must be an integer (got {version!r}); {_REEXPORT}")
+    if version != FORMAT_VERSION:
+        from dhumandiff import __version__
+
+        raise _fail(
+            f"bundle format_version {version} is not supported by dhumandiff {__version__} "
+            f"(reads version {FORMAT_VERSION}); re-export with this dhumandiff version"
+        )
+    bundle_runtime = _str(d, "runtime")
+    if bundle_runtime not in RUNTIMES:
+        raise _fail(f"bundle.json: runtime {bundle_runtime!r} is not one of {', '.join(RUNTIMES)}; {_REEXPORT}")
+    if runtime is not None and runtime != bundle_runtime:
+        raise _fail(
+            f"this bundle is for {bundle_runtime}; use --runtime {bundle_runtime} or export for {runtime}"
+        )
+
+    image = _get(d, "image_size", "")
+    if not (isinstance(image, list) and len(image) == 2 and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in image
+    )):
+        raise _fail(f"bundle.json: 'image_size' must be [height, width] in pixels (got {image!r}); {_REEXPORT}")
+
+    lat = _obj(d, "latent")
+    latent = LatentSpec(
+        channels=_int(lat, "channels", "latent"),
+        downscale=_int(lat, "downscale", "latent"),
+        scaling_factor=_float(lat, "scaling_factor", "latent", positive=True),
+    )
+    if image[0] % latent.downscale or image[1] % latent.downscale:
+        raise _fail(
+            f"bundle.json: image_size {image} is not divisible by latent.downscale {latent.downscale}; {_REEXPORT}"
+        )
+
+    sched = dict(_obj(d, "scheduler"))
+    cls = sched.get("_class_name")
+    if cls not in SUPPORTED_SCHEDULERS:
+        raise _fail(
+            f"bundle.json: scheduler '_class_name' {cls!r} is not supported by the NumPy sampler "
+            f"({', '.join(SUPPORTED_SCHEDULERS)}); {_REEXPORT}"
+        )
+
+    tok = _tokenizer(_obj(d, "tokenizer"), "tokenizer")
+    tok2 = _tokenizer(_obj(d, "tokenizer_2"), "tokenizer_2") if "tokenizer_2" in d else None
+
+    ident = _obj(d, "identity")
+    identity = IdentitySpec(
+        num_id_tokens=_int(ident, "num_id_tokens", "identity"),
+        face_size=_int(ident, "face_size", "identity"),
+        clip_size=_int(ident, "clip_size", "identity"),
+        clip_mean=_floats(ident, "clip_mean", "identity", 3),  # type: ignore[arg-type]
+        clip_std=_floats(ident, "clip_std", "identity", 3, positive=True),  # type: ignore[arg-type]
+        arcface_mean=_float(ident, "arcface_mean", "identity"),
+        arcface_std=_float(ident, "arcface_std", "identity", positive=True),
+    )
+
+    dft = _obj(d, "defaults")
+    defaults = Defaults(
+        steps=_int(dft, "steps", "defaults"),
+        guidance_scale=_float(dft, "guidance_scale", "defaults"),
+        ip_scale=_float(dft, "ip_scale", "defaults"),
+        sampler=_str(dft, "sampler", "defaults"),
+        cfg=_bool(dft, "cfg", "defaults"),
+    )
+
+    budget = None
+    if "budget" in d:
+        b = _obj(d, "budget")
+        budget = Budget(
+            component_max_abs=_float(b, "component_max_abs", "budget", positive=True),
+            end_to_end_psnr_db=_float(b, "end_to_end_psnr_db", "budget", positive=True),
+        )
+    created_by = d.get("created_by")
+    if created_by is not None and not isinstance(created_by, str):
+        raise _fail(f"bundle.json: 'created_by' must be a string; {_REEXPORT}")
+
+    comps_raw = _obj(d, "components")
+    components = {name: _component(name, spec) for name, spec in comps_raw.items()}
+
+    known = {
+        "format", "format_version", "backbone", "runtime", "precision", "model_name", "image_size", "latent",
+        "scheduler", "tokenizer", "tokenizer_2", "identity", "defaults", "components", "budget", "created_by",
+    }
+    m = Manifest(
+        backbone=_str(d, "backbone"),
+        runtime=bundle_runtime,
+        precision=_str(d, "precision"),
+        model_name=_str(d, "model_name"),
+        image_size=(image[0], image[1]),
+        latent=latent,
+        scheduler=sched,
+        tokenizer=tok,
+        identity=identity,
+        defaults=defaults,
+        components=components,
+        budget=budget,
+        created_by=created_by,
+        tokenizer_2=tok2,
+        extra={k: v for k, v in d.items() if k not in known},
+    )
+    _check_contract(m)
+    return m
+
+
+def _check_contract(m: Manifest) -> None:
+    """Component names, I/O names and the shapes that must agree with each other."""
+    missing = [c for c in REQUIRED_COMPONENTS if c not in m.components]
+    if missing:
+        raise _fail(f"bundle is missing required component(s) {', '.join(missing)}; {_REEXPORT}")
+    unknown = [c for c in m.components if c not in COMPONENT_IO and c not in OPTIONAL_COMPONENT_IO]
+    if unknown:
+        raise _fail(f"bundle.json: unknown component(s) {', '.join(unknown)}; {_REEXPORT}")
+    for name, comp in m.components.items():
+        ins, outs = COMPONENT_IO.get(name) or OPTIONAL_COMPONENT_IO[name]
+        if name == "unet" and m.is_sdxl:
+            ins = ins + SDXL_UNET_INPUTS
+        if set(comp.inputs) != set(ins):
+            raise _fail(
+                f"bundle.json: component {name} has inputs {sorted(comp.inputs)}, the contract needs "
+                f"{sorted(ins)}; {_REEXPORT}"
+            )
+        if not set(outs) <= set(comp.outputs):
+            raise _fail(
+                f"bundle.json: component {name} has outputs {sorted(comp.outputs)}, the contract needs "
+                f"{sorted(outs)}; {_REEXPORT}"
+            )
+
+    unet = m.components["unet"]
+    b = unet.inputs["sample"].shape[0]
+    if isinstance(b, int):
+        if b not in (1, 2):
+            raise _fail(f"bundle.json: unet batch is {b}; it must be 2 (CFG) or 1 (CFG-free); {_REEXPORT}")
+        if m.defaults.cfg != (b == 2):
+            raise _fail(
+                f"bundle.json: defaults.cfg is {str(m.defaults.cfg).lower()} but the unet runs batch {b} "
+                f"(2 = CFG, 1 = CFG-free); {_REEXPORT}"
+            )
+    h, w = m.latent_size
+    c = m.latent.channels
+    bb: int | str = b
+    n = m.identity.num_id_tokens
+    expected = {
+        ("unet", "sample"): (bb, c, h, w),
+        ("unet", "region_mask"): (bb, 2, h, w),
+        ("unet", "timestep"): (bb,),
+        ("unet", "ip_scale"): (1,),
+        ("vae_decoder", "latent_sample"): (1, c, h, w),
+        ("identity_encoder", "face"): (1, 3, m.identity.face_size, m.identity.face_size),
+        ("image_encoder", "pixel_values"): (1, 3, m.identity.clip_size, m.identity.clip_size),
+        ("text_encoder", "input_ids"): (1, m.tokenizer.max_length),
+        ("text_encoder", "subject_positions"): (1, 2),
+    }
+    for (comp, name), shape in expected.items():
+        _expect_shape(m, comp, name, shape)
+    ip = unet.inputs["ip_tokens"].shape
+    if len(ip) != 3 or (isinstance(ip[1], int) and ip[1] != 2 * n):
+        raise _fail(
+            f"bundle.json: unet.ip_tokens shape {list(ip)} must be [B, {2 * n}, C] "
+            f"(2 persons x identity.num_id_tokens {n}); {_REEXPORT}"
+        )
+    for comp, name, dtype in (
+        ("text_encoder", "input_ids", "int64"),
+        ("text_encoder", "subject_positions", "int64"),
+    ):
+        got = m.components[comp].inputs[name].dtype
+        if got != dtype:
+            raise _fail(f"bundle.json: {comp}.{name} must be {dtype} (got {got}); {_REEXPORT}")
+
+
+def _expect_shape(m: Manifest, comp: str, name: str, shape: tuple[int | str, ...]) -> None:
+    got = m.components[comp].inputs[name].shape
+    ok = len(got) == len(shape) and all(
+        not isinstance(g, int) or not isinstance(e, int) or g == e for g, e in zip(got, shape)
+    )
+    if not ok:
+        raise _fail(
+            f"bundle.json: {comp}.{name} shape {list(got)} does not match {list(shape)} implied by image_size, "
+            f"latent, identity and tokenizer fields; {_REEXPORT}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- file checks
+
+
+def _safe_path(root: Path, rel: str, where: str) -> Path:
+    """Resolve a manifest path, refusing absolute paths, ``..`` and symlinks that leave the bundle."""
+    posix, win = PurePosixPath(rel), PureWindowsPath(rel)
+    if posix.is_absolute() or win.is_absolute() or win.drive or rel.startswith(("/", "\\")):
+        raise _fail(
+            f"bundle.json: {where} {rel!r} is an absolute path; bundles must be self-contained "
+            f"(paths relative to the bundle folder); {_REEXPORT}"
+        )
+    if ".." in posix.parts or ".." in win.parts:
+        raise _fail(
+            f"bundle.json: {where} {rel!r} escapes the bundle folder ('..'); bundles must be self-contained; "
+            f"{_REEXPORT}"
+        )
+    path = root / rel
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise _fail(
+            f"bundle.json: {where} {rel!r} points outside the bundle folder (symlink to {real}); copy the file "
+            f"into the bundle or {_REEXPORT}"
+        )
+    return path
+
+
+def _expand(root: Path, rel: str, where: str) -> list[str]:
+    """Files (bundle-relative, POSIX) that make up one manifest entry; a folder expands to its files."""
+    path = _safe_path(root, rel, where)
+    if not path.exists():
+        raise _fail(f"bundle file {rel} is missing from {root} ({where}); copy the whole bundle folder again")
+    if path.is_file():
+        return [PurePosixPath(rel).as_posix()]
+    files: list[str] = []
+    for dirpath, _dirs, names in os.walk(path, followlinks=False):
+        for n in names:
+            rel_f = (Path(dirpath) / n).relative_to(root).as_posix()
+            _safe_path(root, rel_f, where)
+            files.append(rel_f)
+    return sorted(files)
+
+
+def verify_files(m: Manifest, root: Path, check_hashes: bool = True) -> None:
+    """Every component file exists inside the bundle and matches its sha256 (streamed; multi-GB is fine)."""
+    for name, comp in m.components.items():
+        covered: list[str] = []
+        for i, rel in enumerate((comp.file, *comp.extra_files)):
+            where = f"components.{name}.file" if i == 0 else f"components.{name}.extra_files"
+            covered += _expand(root, rel, where)
+        digests = {PurePosixPath(k).as_posix(): v for k, v in comp.sha256.items()}
+        for key in digests:
+            _safe_path(root, key, f"components.{name}.sha256 key")
+        stray = sorted(set(digests) - set(covered))
+        if stray:
+            raise _fail(
+                f"bundle.json: components.{name}.sha256 lists {stray[0]}, which is not one of the component's "
+                f"files; {_REEXPORT}"
+            )
+        for rel in covered:
+            if rel not in digests:
+                raise _fail(f"bundle.json: components.{name}.sha256 has no digest for {rel}; {_REEXPORT}")
+            if check_hashes and sha256_file(root / rel) != digests[rel]:
+                raise _fail(
+                    f"sha256 mismatch for {rel} (component {name}): the file is corrupt or was modified; "
+                    "copy the bundle again or re-export it"
+                )
+    for where, tok in (("tokenizer", m.tokenizer), ("tokenizer_2", m.tokenizer_2)):
+        if tok is None:
+            continue
+        path = _safe_path(root, tok.file, f"{where}.file")
+        if not path.is_file():
+            raise _fail(f"bundle file {tok.file} is missing from {root} ({where}.file); copy the whole bundle again")
+        if check_hashes and tok.sha256 is not None and sha256_file(path) != tok.sha256:
+            raise _fail(
+                f"sha256 mismatch for {tok.file} ({where}): the file is corrupt or was modified; "
+                "copy the bundle again or re-export it"
+            )
+
+
+def _manifest_file(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if not p.exists():
+        raise _fail(f"no bundle at {p}; pass the folder written by `dhumandiff export`")
+    if p.is_dir():
+        f = p / MANIFEST_NAME
+        if not f.is_file():
+            raise _fail(
+                f"{p} is not a dhumandiff bundle (no {MANIFEST_NAME}); pass the folder written by `dhumandiff export`"
+            )
+        return p, f
+    if p.name != MANIFEST_NAME:
+        raise _fail(f"{p} is not a dhumandiff bundle; pass the bundle folder (the one holding {MANIFEST_NAME})")
+    return p.parent, p
+
+
+def load_manifest(path: str | os.PathLike, runtime: str | None = None, verify: bool = True) -> Manifest:
+    """Read and validate a bundle (folder or its ``bundle.json``).
+
+    ``runtime``: the runtime the caller will use; a bundle for another runtime is refused. ``verify``: hash
+    every file (the default; only skip it for a bundle you just verified yourself).
+    """
+    root, mfile = _manifest_file(path)
+    try:
+        raw = json.loads(mfile.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise _fail(f"{mfile} is not valid JSON (line {e.lineno}: {e.msg}); {_REEXPORT}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(f"cannot read {mfile} ({e}); check the file permissions or copy the bundle again") from None
+    m = manifest_from_dict(raw, runtime=runtime)
+    verify_files(m, root, check_hashes=verify)
+    return dataclasses.replace(m, root=root)
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path:
+    """Validate ``manifest`` and write it atomically to ``path`` (a bundle folder or a ``bundle.json``)."""
+    p = Path(path)
+    target = p if p.suffix == ".json" else p / MANIFEST_NAME
+    text = manifest.to_json()
+    manifest_from_dict(json.loads(text))  # never write a manifest the reader would refuse
+    write_text_atomic(target, text)
+    return target
+
+
+def component_digests(root: str | os.PathLike, files: list[str]) -> dict[str, str]:
+    """sha256 of each bundle-relative file (folders expanded): what an exporter puts in ``sha256``."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for rel in files:
+        p = root / rel
+        if p.is_dir():
+            for f in sorted(x for x in p.rglob("*") if x.is_file()):
+                out[f.relative_to(root).as_posix()] = sha256_file(f)
+        else:
+            out[PurePosixPath(rel).as_posix()] = sha256_file(p)
+    return out

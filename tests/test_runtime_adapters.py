@@ -1,0 +1,163 @@
+"""Adapters on real backends (no mocks): NaN/Inf gate, device refusals, precision hints, I/O checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from dhumandiff.errors import BundleError, NumericalError, RuntimeUnavailableError
+from dhumandiff.runtimes.adapters import available_runtimes, make_runner
+from dhumandiff.runtimes.adapters.onnx import OnnxRunner, choose_providers
+from dhumandiff.runtimes.adapters.openvino import OpenVINORunner, precision_hint, resolve_device
+from dhumandiff.runtimes.manifest import ComponentSpec, TensorSpec
+
+SHAPE = [1, 4, 2, 2]
+
+
+def _unary_graph(path: Path, op: str, in_name: str, out_name: str, extra_input: str | None = None) -> None:
+    inputs = [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, SHAPE)]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info(extra_input, TensorProto.FLOAT, SHAPE))
+    node = helper.make_node(op, [in_name], [out_name])
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, SHAPE)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _components(tmp_path: Path, name: str, op: str, in_name: str, out_name: str, **kw: str) -> dict:
+    _unary_graph(tmp_path / f"{name}.onnx", op, in_name, out_name, kw.get("extra_input"))
+    declared_out = kw.get("declared_out", out_name)
+    spec = ComponentSpec(name, f"{name}.onnx", (), {}, {in_name: TensorSpec(tuple(SHAPE), "float32")},
+                         {declared_out: TensorSpec(tuple(SHAPE), "float32")})
+    return {name: spec}
+
+
+@pytest.mark.parametrize("runner_cls", [OnnxRunner, OpenVINORunner])
+def test_nan_from_vae_decoder_suggests_fp32_vae(tmp_path: Path, runner_cls: type) -> None:
+    comps = _components(tmp_path, "vae_decoder", "Sqrt", "latent_sample", "sample")
+    runner = runner_cls(comps, tmp_path, device="cpu")
+    ok = runner.run("vae_decoder", {"latent_sample": np.full(SHAPE, 4.0, np.float32)})
+    np.testing.assert_allclose(ok["sample"], 2.0)
+    with pytest.raises(NumericalError, match=r"vae_decoder produced NaN in output 'sample' .*--vae-precision fp32"):
+        runner.run("vae_decoder", {"latent_sample": -np.ones(SHAPE, np.float32)})
+
+
+def test_inf_from_another_component_names_it(tmp_path: Path) -> None:
+    comps = _components(tmp_path, "unet", "Log", "sample", "noise_pred")
+    runner = OnnxRunner(comps, tmp_path)
+    with pytest.raises(NumericalError, match=r"^unet produced Inf in output 'noise_pred' \(onnx on cpu\); try an fp32"):
+        runner.run("unet", {"sample": np.zeros(SHAPE, np.float32)})
+
+
+def test_inputs_are_checked_against_the_manifest(tmp_path: Path) -> None:
+    runner = OnnxRunner(_components(tmp_path, "unet", "Relu", "sample", "noise_pred"), tmp_path)
+    with pytest.raises(ValueError, match=r"unet\.sample: got shape \[1, 4, 3, 3\], the bundle expects \[1, 4, 2, 2\]"):
+        runner.run("unet", {"sample": np.zeros((1, 4, 3, 3), np.float32)})
+    out = runner.run("unet", {"sample": -np.ones(SHAPE, np.float64)})  # cast to the declared float32
+    assert out["noise_pred"].dtype == np.float32 and not out["noise_pred"].any()
+
+
+def test_graph_and_manifest_disagreements_are_bundle_errors(tmp_path: Path) -> None:
+    comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred", extra_input="secret")
+    with pytest.raises(BundleError, match=r"takes input\(s\) \['secret'\] that bundle\.json does not declare"):
+        OnnxRunner(comps, tmp_path).run("unet", {"sample": np.zeros(SHAPE, np.float32)})
+    comps = _components(tmp_path, "vae_decoder", "Relu", "latent_sample", "out", declared_out="sample")
+    with pytest.raises(BundleError, match=r"did not return output\(s\) \['sample'\] named in bundle\.json"):
+        OnnxRunner(comps, tmp_path).run("vae_decoder", {"latent_sample": np.zeros(SHAPE, np.float32)})
+
+
+def test_corrupt_graph_is_a_bundle_error(tmp_path: Path) -> None:
+    (tmp_path / "unet.onnx").write_bytes(b"not a protobuf")
+    spec = ComponentSpec("unet", "unet.onnx", (), {}, {"sample": TensorSpec(tuple(SHAPE), "float32")},
+                         {"noise_pred": TensorSpec(tuple(SHAPE), "float32")})
+    for cls in (OnnxRunner, OpenVINORunner):
+        with pytest.raises(BundleError, match=r"cannot (load|compile) unet\.onnx \(unet\)"):
+            cls({"unet": spec}, tmp_path).run("unet", {"sample": np.zeros(SHAPE, np.float32)})
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def test_onnx_provider_choice() -> None:
+    avail = ["CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", avail) == ["CUDAExecutionProvider", "OpenVINOExecutionProvider",
+                                               "CPUExecutionProvider"]
+    assert choose_providers("cpu", avail) == ["CPUExecutionProvider"]
+    assert choose_providers("cuda", avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeUnavailableError, match=r"no CoreMLExecutionProvider .*use --device cpu"):
+        choose_providers("coreml", avail)
+    with pytest.raises(RuntimeUnavailableError, match=r"unknown onnx device 'tpu'"):
+        choose_providers("tpu", avail)
+
+
+def test_onnx_cuda_absent_is_refused(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeUnavailableError, match="no CUDAExecutionProvider"):
+        OnnxRunner({}, tmp_path, device="cuda")
+
+
+def test_openvino_device_absent_is_refused(tmp_path: Path) -> None:
+    assert resolve_device("auto", ["CPU"]) == "CPU"
+    assert resolve_device("gpu", ["CPU", "GPU.0"]) == "GPU"
+    absent = r"OpenVINO device NPU is not present on this machine \(available: CPU\); use --device cpu"
+    with pytest.raises(RuntimeUnavailableError, match=absent):
+        resolve_device("npu", ["CPU"])
+    import openvino as ov
+
+    if any(d.startswith("GPU") for d in ov.Core().available_devices):
+        pytest.skip("this machine has an OpenVINO GPU")
+    with pytest.raises(RuntimeUnavailableError, match="OpenVINO device GPU is not present"):
+        OpenVINORunner({}, tmp_path, device="gpu")
+
+
+def test_openvino_precision_is_always_explicit(tmp_path: Path) -> None:
+    assert precision_hint("fp32", "CPU") == "f32"
+    assert precision_hint("fp16", "GPU") == "f16"
+    assert precision_hint("fp16", "CPU") == "f32"
+    assert precision_hint("int8", "CPU") == "f32"
+    assert precision_hint("bf16", "CPU") == "bf16"
+    comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred")
+    runner = OpenVINORunner(comps, tmp_path, precision="fp32")
+    compiled, _ = runner.handle("unet")
+    # this CPU would otherwise compile to bf16
+    assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert runner.providers == ["OpenVINO:CPU:f32"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_refuses_off_macos(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeUnavailableError, match=r"^Core ML bundles run on macOS only; "):
+        make_runner("coreml", {}, tmp_path)
+
+
+def test_torchscript_missing_device_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeUnavailableError, match="CUDA is not available to PyTorch here; use --device cpu"):
+        make_runner("torchscript", {}, tmp_path, device="cuda")
+
+
+def test_unknown_runtime(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeUnavailableError, match="unknown runtime 'tflite'"):
+        make_runner("tflite", {}, tmp_path)
+
+
+def test_available_runtimes_reports_this_machine() -> None:
+    infos = {r.name: r for r in available_runtimes(probe_torch=False)}
+    assert set(infos) == {"onnx", "openvino", "coreml", "torchscript"}
+    assert infos["onnx"].installed and "cpu" in infos["onnx"].devices
+    assert "CPUExecutionProvider" in infos["onnx"].providers and infos["onnx"].version
+    assert infos["openvino"].installed and "cpu" in infos["openvino"].devices
+    if sys.platform != "darwin":
+        assert infos["coreml"].devices == []
