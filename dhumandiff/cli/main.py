@@ -14,12 +14,13 @@ import typer
 
 from ..errors import DHumanDiffError
 from .console import err_console
-from . import commands_data, commands_model, commands_runtime
+from . import commands_data, commands_export, commands_model, commands_runtime
 
 app = typer.Typer(name="dhumandiff", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="DHumanDiff dual-person portraits: generate, train, distill, export, run on the edge.")
 commands_model.register(app)
 commands_runtime.register(app)
+commands_export.register(app)
 app.add_typer(commands_data.data_app, name="data")
 
 

@@ -84,18 +84,29 @@ def _pretrain_tiny_world(model: DHumanDiff, data_dir: str | Path, prep: Path, op
     """Train the tiny world's frozen parts: identity encoder, CLIP stand-in, VAE. Saved to ``prep``."""
     from ..data.dataset import PairHumanDataset
     from ..model.faces.world import WorldIdentityEncoder, train_world_encoders
+    from diffusers import AutoencoderKL
     from transformers import CLIPVisionModel
 
     report: dict = {}
-    enc_dir = prep.parent / "encoders"
-    metrics = train_world_encoders(enc_dir, steps=options.encoder_steps, seed=options.seed)
-    report["encoders"] = metrics
+    run_dir = prep.parent
+    vae_dir = run_dir / "vae"
+    if (vae_dir / "config.json").is_file():  # a VAE trained earlier in this run folder
+        model.vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+        model.config.vae = {k: v for k, v in model.vae.config.items() if not k.startswith("_")}
+    else:
+        ds = PairHumanDataset(data_dir, split="train", use_reference_faces=False)
+        images = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])
+        report["vae"] = train_vae(model.vae, images, steps=options.vae_steps, seed=options.seed,
+                                  progress=(lambda s, loss: progress("vae", s, options.vae_steps, {"loss": loss}))
+                                  if progress else None)
+        model.config.vae = {k: v for k, v in model.vae.config.items() if not k.startswith("_")}
+        model.vae.save_pretrained(vae_dir)
+    enc_dir = run_dir / "encoders"
+    if not (enc_dir / "identity_encoder").is_dir():
+        report["encoders"] = train_world_encoders(enc_dir, steps=options.encoder_steps, seed=options.seed)
     model.identity_encoder = WorldIdentityEncoder.from_pretrained(enc_dir / "identity_encoder").eval()
     model.image_encoder = CLIPVisionModel.from_pretrained(enc_dir / "image_encoder").eval()
-    ds = PairHumanDataset(data_dir, split="train", use_reference_faces=False)
-    images = torch.stack([ds[i]["pixel_values"] for i in range(len(ds))])
-    report["vae"] = train_vae(model.vae, images, steps=options.vae_steps, seed=options.seed,
-                              progress=(lambda s, loss: progress("vae", s, options.vae_steps, {"loss": loss}))
-                              if progress else None)
+    model.config.image_encoder = {k: v for k, v in model.image_encoder.config.to_dict().items()
+                                  if not k.startswith("_")}
     model.save_pretrained(prep)
     return report
