@@ -14,6 +14,8 @@ convert_app = typer.Typer(no_args_is_help=True, help="Convert checkpoints into t
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("distill")(distill)
+    app.command("eval")(evaluate)
     app.add_typer(convert_app, name="convert")
 
 
@@ -71,3 +73,67 @@ def convert_official_cmd(
         path = convert_official(sdxl, weights, out, image_encoder_dir=image_encoder, overwrite=overwrite)
         update(1)
     console.print(f"wrote {path}")
+
+
+def distill(
+    teacher: str = typer.Option("tiny", "--teacher", help="Model to distil (embedded name or folder)."),
+    data: Path = typer.Option(..., "--data", help="PairHuman-format folder."),
+    out: Path = typer.Option(..., "--out", help="Student model folder to write."),
+    steps: int = typer.Option(1000, "--steps", help="Distillation steps."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    guidance: float = typer.Option(3.0, "--guidance", help="CFG scale folded into the student."),
+    max_minutes: float = typer.Option(None, "--max-minutes"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Latent consistency distillation into a CFG-free student for 1, 2 or 4 steps."""
+    from ..distill.consistency import ConsistencyConfig
+    from ..distill.recipe import distill_model
+    from ..model.registry import resolve_model
+
+    cfg = ConsistencyConfig(steps=steps, batch_size=batch_size, lr=lr, guidance_scale=guidance,
+                            max_minutes=max_minutes, seed=seed)
+    with progress_bar("distilling") as update:
+        report = distill_model(resolve_model(teacher), data, out, cfg,
+                               progress=lambda i, n, m: update(i, n, f"loss={m['loss']:.4f}"))
+    console.print_json(json.dumps(report, default=str))
+
+
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="PairHuman-format folder; its held-out split is used."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Report folder (report.json, table.md, sheets)."),
+    models: list[str] = typer.Option(["tiny"], "--model", help="Model(s) to evaluate (repeatable)."),
+    steps: int = typer.Option(30, "--steps", help="Steps for full models."),
+    modes: str = typer.Option("single,cascade", "--modes", help="Modes for full models."),
+    student_steps: str = typer.Option("1,2,4", "--student-steps", help="Step counts for distilled (LCM) models."),
+    limit: int = typer.Option(24, "--limit", help="Held-out images per setting."),
+    evaluator: str = typer.Option("world-b", "--evaluator", help="world-b (second world encoder), dlib, insightface."),
+    evaluator_path: Path = typer.Option(None, "--evaluator-path", help="Encoder folder (world-b) or insightface models folder."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Identity similarity, swap rate, prompt adherence, FID-style distance and cost, per model and mode."""
+    from ..checks.evaluate import EvalSetting, evaluate as run_eval
+    from ..model.faces.base import get_face_analyzer
+    from ..model.generate import load_model
+    from ..model.registry import ASSETS
+
+    if evaluator == "world-b":
+        path = evaluator_path or (ASSETS.parent / "evaluators" / "world-b")
+        judge = get_face_analyzer("world", encoder=path)
+    elif evaluator == "insightface":
+        judge = get_face_analyzer("insightface", root=evaluator_path)
+    else:
+        judge = get_face_analyzer(evaluator)
+    settings = []
+    for name in models:
+        model = load_model(name)
+        if model.config.defaults.get("sampler") == "lcm":
+            for n in (int(x) for x in student_steps.split(",") if x):
+                settings.append(EvalSetting(f"{Path(name).name}-{n}step", model, "single", n))
+        else:
+            for mode in (m for m in modes.split(",") if m):
+                settings.append(EvalSetting(f"{Path(name).name}-{mode}-{steps}", model, mode, steps))
+    with progress_bar("evaluating") as update:
+        report = run_eval(settings, data, judge, out, limit=limit, seed=seed,
+                          progress=lambda label, i, n: update(i, n, label))
+    console.print(report.markdown())

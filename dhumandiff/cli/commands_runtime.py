@@ -47,7 +47,7 @@ def generate(
         from ..runtimes import load_bundle
         from ..utils.images import save_image_atomic
 
-        gen = load_bundle(bundle, device=device, runtime=runtime, vae_precision=vae_precision)
+        gen = load_bundle(bundle, device=device, runtime=runtime)
         with progress_bar("generating") as update:
             res = gen(face_a, face_b, prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale, seed=seed,
                       layout=layout, sampler=sampler, person_words=words, face_index_a=face_index_a,

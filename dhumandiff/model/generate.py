@@ -23,7 +23,7 @@ from ..utils.regions import default_boxes
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput, prepare_face
 from .faces.base import FaceAnalyzer, get_face_analyzer
-from .registry import resolve_model
+from .registry import model_overrides, resolve_model
 from .sampler import ReferenceSampler
 
 
@@ -39,7 +39,9 @@ class Portrait:
 def load_model(name_or_path: str | None = None) -> DHumanDiff:
     """The embedded default (``tiny``), another embedded model, or a model folder."""
     torch.set_grad_enabled(False)
-    return DHumanDiff.from_pretrained(resolve_model(name_or_path))
+    model = DHumanDiff.from_pretrained(resolve_model(name_or_path))
+    model.config.defaults.update(model_overrides(name_or_path))
+    return model
 
 
 def default_analyzer(model: DHumanDiff, backend: str | None = None, root: str | None = None) -> FaceAnalyzer:

@@ -13,18 +13,28 @@ from ..errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = "tiny"
+# Names for the distilled student at a fixed step count: one consistency-distilled UNet serves all three.
+ALIASES = {"tiny-1step": ("tiny-lcm", {"steps": 1}), "tiny-2step": ("tiny-lcm", {"steps": 2}),
+           "tiny-4step": ("tiny-lcm", {"steps": 4})}
+
+
+def model_overrides(name: str | None) -> dict:
+    """Default settings an alias implies (e.g. ``tiny-2step`` -> 2 steps)."""
+    return dict(ALIASES[name][1]) if name in ALIASES else {}
 
 
 def embedded_models() -> list[str]:
     """Names of the models shipped inside the package."""
     if not ASSETS.is_dir():
         return []
-    return sorted(p.name for p in ASSETS.iterdir() if (p / "dhumandiff.json").is_file())
+    names = sorted(p.name for p in ASSETS.iterdir() if (p / "dhumandiff.json").is_file())
+    return names + sorted(a for a, (target, _) in ALIASES.items() if target in names)
 
 
 def resolve_model(name_or_path: str | None) -> Path:
     """A model name (embedded) or folder -> the folder, with a clear error when neither exists."""
     name = name_or_path or DEFAULT_MODEL
+    name = ALIASES[name][0] if name in ALIASES else name
     if (ASSETS / name / "dhumandiff.json").is_file():
         return ASSETS / name
     path = Path(name).expanduser()

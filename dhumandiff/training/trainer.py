@@ -151,8 +151,8 @@ class DiffusionTrainer:
         loss = F.mse_loss(pred.float(), target.float())
         return loss, {"loss": float(loss)}
 
-    def train(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
-        """Run to ``config.steps`` (or ``max_minutes``), checkpointing every ``checkpoint_every`` steps."""
+    def train(self, progress: Callable[[int, int, dict], None] | None = None, until: int | None = None) -> dict:
+        """Run to ``config.steps`` (or ``until``, or ``max_minutes``), checkpointing every ``checkpoint_every``."""
         cfg, acc = self.cfg, self.accelerator
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "metrics.csv"
@@ -166,7 +166,8 @@ class DiffusionTrainer:
         t0, last = time.time(), time.time()
         history: list[float] = []
         try:
-            while self.step < cfg.steps:
+            stop = cfg.steps if until is None else min(until, cfg.steps)
+            while self.step < stop:
                 g = self._generator()
                 with acc.accumulate(self.modules):
                     loss, metrics = self.loss(g)

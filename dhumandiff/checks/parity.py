@@ -1,0 +1,341 @@
+"""``dhumandiff parity``: is an exported bundle the same model as its torch source, within its written budget?
+
+Two measurements (DESIGN.md 3):
+
+* **per component**, on the export specs' fixed seeded inputs: the torch fp32 wrapper against the bundle's graph
+  run through the shipped runtime adapter (``dhumandiff.runtimes``), by max abs error, cosine and PSNR, gated by
+  the per-component budget the exporter wrote into ``bundle.json``;
+* **end to end**: the torch :class:`~dhumandiff.model.sampler.ReferenceSampler` (mode ``single``) and the
+  bundle's generator (``dhumandiff.runtimes.load_bundle``) on the same two faces, prompt, layout and seed (both
+  draw the same NumPy noise). Judged by the decoded image's PSNR and by the cosine between the face embeddings
+  of each generated person (the model's own face analyzer on each person's box).
+
+The end-to-end reference is built from exactly the runtime's inputs: the faces go through the runtime's own
+preprocessing (``runtimes.imageio``: centre crop, bicubic resize, normalise) and the layout is snapped to the
+latent grid, where the reference's and the runtime's mask rasterisation rules agree. So the measurement is of
+the exported graphs and the NumPy sampler, not of two different crops or masks.
+
+This module sits above both the model and the runtimes stages, so it may import both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BundleError, DHumanDiffError, ParityError
+from ..export.bundle import torch_outputs
+from ..export.specs import DEFAULT_TOLERANCES, END_TO_END_BUDGETS, get_spec
+from ..export.validate import Comparison, Tolerance, compare_outputs, cosine, psnr_db, worst
+from ..model.dhumandiff_model import DHumanDiff
+from ..utils.atomic import write_text_atomic
+from ..utils.regions import default_boxes
+
+DEFAULT_PROMPT = "a photo of a man and a woman"
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class ComponentResult:
+    name: str
+    max_abs: float
+    cosine: float
+    psnr_db: float
+    tolerance: dict[str, Any]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class EndToEndResult:
+    psnr_db: float
+    identity_cosine: list[float]
+    min_psnr_db: float
+    identity_min_cosine: float
+    steps: int
+    seed: int
+    guidance_scale: float
+    prompt: str
+    boxes: list[list[float]]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class ParityReport:
+    """Everything ``dhumandiff parity`` measured, and whether the bundle stays inside its budget."""
+
+    bundle: str
+    runtime: str
+    device: str
+    precision: str
+    backbone: str
+    source_model: str | None
+    components: list[ComponentResult] = field(default_factory=list)
+    end_to_end: EndToEndResult | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        out = [f"{c.name}: {f}" for c in self.components for f in c.failures]
+        if self.end_to_end is not None:
+            out += [f"end to end: {f}" for f in self.end_to_end.failures]
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["components"] = {c.name: {k: v for k, v in asdict(c).items() if k != "name"} | {"passed": c.passed}
+                           for c in self.components}
+        if self.end_to_end is not None:
+            d["end_to_end"]["passed"] = self.end_to_end.passed
+        d["passed"] = self.passed
+        d["failures"] = self.failures
+        return _finite(d)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the report as JSON, atomically (a reader never sees half a report)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return Path(path)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/Inf -> None, recursively: reports stay strict JSON whatever a broken graph produced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ budget
+
+
+def _raw_budget(bundle_root: Path) -> dict[str, Any]:
+    """The budget as written (the runtime's manifest reader keeps only the fields the runtimes need)."""
+    raw = json.loads((bundle_root / "bundle.json").read_text(encoding="utf-8"))
+    return dict(raw.get("budget") or {})
+
+
+def component_tolerance(budget: dict[str, Any], name: str, precision: str) -> Tolerance:
+    """The bundle's gate for one component.
+
+    Bundles written by this exporter carry one entry per component (at the graph's own precision: an fp16
+    bundle's fp32 VAE decoder is held to fp32). Otherwise: ``component_max_abs`` with the precision's default
+    cosine and PSNR floors (fp16's for any reduced precision).
+    """
+    entry = (budget.get("components") or {}).get(name)
+    if entry is not None:
+        return Tolerance(entry.get("atol"), float(entry["min_cosine"]), float(entry["min_psnr_db"]))
+    default = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp16"])
+    return Tolerance(budget.get("component_max_abs", default.atol), default.min_cosine, default.min_psnr_db)
+
+
+# ------------------------------------------------------------------------------------- reference model
+
+
+def load_reference(manifest: Any, model: DHumanDiff | str | Path | None) -> tuple[DHumanDiff, str | None]:
+    """The torch model to compare with: given, or the ``source_model`` recorded in ``bundle.json``."""
+    from ..model.generate import load_model
+
+    source = manifest.extra.get("source_model")
+    if isinstance(model, DHumanDiff):
+        ref = model
+    else:
+        name = str(model) if model is not None else source
+        if name is None:
+            raise BundleError("this bundle records no source_model; pass the model it was exported from "
+                              "(--model NAME_OR_FOLDER)")
+        ref = load_model(name)
+        source = name
+    if ref.config.name != manifest.backbone:
+        raise BundleError(f"the reference model is a {ref.config.name} model but the bundle was exported from a "
+                          f"{manifest.backbone} model; pass the matching --model")
+    return ref.eval(), source
+
+
+# --------------------------------------------------------------------------------------- (a) components
+
+
+@torch.no_grad()
+def component_parity(manifest: Any, model: DHumanDiff, runner: Any, budget: dict[str, Any],
+                     seed: int = 0) -> list[ComponentResult]:
+    """Every component of the bundle against its torch fp32 wrapper, on the specs' seeded example inputs."""
+    graph_precision = (manifest.extra.get("export") or {}).get("graph_precision", {})
+    results = []
+    batch = manifest.unet_batch
+    for name in manifest.components:
+        spec = get_spec(name)
+        example = spec.example(model, batch, seed)
+        reference = torch_outputs(spec, spec.build(model).eval(), example)
+        got = runner.run(name, {k: v.numpy() for k, v in example.items()})
+        summary: Comparison = worst(compare_outputs(reference, got))
+        tol = component_tolerance(budget, name, graph_precision.get(name, manifest.precision))
+        results.append(ComponentResult(name, summary.max_abs, summary.cosine, summary.psnr_db, tol.to_dict(),
+                                       summary.failures(tol)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------- (b) end to end
+
+
+def grid_boxes(latent_h: int, latent_w: int, boxes: np.ndarray | None = None) -> np.ndarray:
+    """Layout boxes snapped to latent cell edges: there every rasterisation rule yields the same mask."""
+    boxes = default_boxes() if boxes is None else np.asarray(boxes, np.float64)
+    scale = np.array([latent_w, latent_h, latent_w, latent_h], np.float64)
+    return (np.round(boxes * scale) / scale).astype(np.float32)
+
+
+def world_faces(seed: int = 0) -> tuple[Any, Any, tuple[str, str]]:
+    """Two tiny-world face photos (a man, a woman) and their person words, for models of the tiny world."""
+    from ..data.world import make_identities, render_face
+
+    a, b = make_identities(2, seed)[:2]
+    words = tuple("man" if i.gender == "male" else "woman" for i in (a, b))
+    return render_face(a, 112), render_face(b, 112), words  # type: ignore[return-value]
+
+
+def _face_input(model: DHumanDiff, image: Any, identity: Any):
+    """One person's reference conditioning from the runtime's own preprocessing of the same photo."""
+    from ..model.face_inputs import FaceInput
+    from ..runtimes.imageio import preprocess_clip, preprocess_face, square_resize, to_rgb
+
+    cfg = model.config
+    face = preprocess_face(image, cfg.face_size, identity.arcface_mean, identity.arcface_std)
+    with torch.no_grad():
+        emb = get_spec("identity_encoder").build(model).eval()(torch.from_numpy(face))[0].numpy()
+    clip = preprocess_clip(image, cfg.clip_size, cfg.clip_mean, cfg.clip_std)[0]
+    crop = np.asarray(square_resize(to_rgb(image), cfg.face_size))
+    return FaceInput(crop=crop, id_embedding=emb.astype(np.float32), clip_pixels=clip,
+                     bbox=(0.0, 0.0, float(crop.shape[1]), float(crop.shape[0])))
+
+
+def person_embedding(analyzer: Any, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """Embed the face inside one person's box (the whole box crop when the analyzer finds no face there)."""
+    from ..model.faces.base import Face
+
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
+    crop = np.ascontiguousarray(image[max(y0, 0):max(y1, y0 + 1), max(x0, 0):max(x1, x0 + 1)])
+    faces = analyzer.detect(crop)
+    face = max(faces, key=lambda f: f.area) if faces else Face(bbox=[0, 0, crop.shape[1], crop.shape[0]])
+    return np.asarray(analyzer.embed(crop, face), np.float32).reshape(-1)
+
+
+def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: dict[str, Any], *,
+                      device: str = "cpu", seed: int = 0, steps: int | None = None, faces: Sequence[Any] | None = None,
+                      prompt: str | None = None, person_words: tuple[str, str] | None = None,
+                      analyzer: Any = None) -> EndToEndResult:
+    """Generate the same portrait with the torch reference and with the bundle, and compare them."""
+    from ..model.generate import default_analyzer
+    from ..model.sampler import ReferenceSampler
+    from ..runtimes import load_bundle
+    from ..runtimes.imageio import load_image
+    from ..utils.prompt import person_positions
+
+    if model.identity_encoder is None:
+        raise BundleError("end-to-end parity needs the model's identity encoder (the bundle's identity_encoder "
+                          "graph is its export)")
+    if faces is None:
+        face_a, face_b, words = world_faces(seed)
+        person_words = person_words or words
+    else:
+        face_a, face_b = faces
+    images = (load_image(face_a), load_image(face_b))
+    prompt = prompt or DEFAULT_PROMPT
+    steps = int(steps or manifest.defaults.steps)
+    guidance = float(manifest.defaults.guidance_scale) if manifest.defaults.cfg else 1.0
+    ip_scale = float(manifest.defaults.ip_scale)
+    h, w = manifest.latent_size
+    boxes = grid_boxes(h, w)
+
+    ids, positions = person_positions(model.tokenizer.backend_tokenizer, prompt, person_words)
+    refs = tuple(_face_input(model, img, manifest.identity) for img in images)
+    out = ReferenceSampler(model).sample(refs, torch.from_numpy(ids)[None], torch.from_numpy(positions)[None],
+                                         boxes, steps=steps, seed=seed, guidance=guidance, ip_scale=ip_scale,
+                                         mode="single", sampler=manifest.defaults.sampler)
+    reference = np.round(out.image.numpy().transpose(1, 2, 0) * 255.0).astype(np.uint8)
+
+    generator = load_bundle(bundle, device=device, runtime=manifest.runtime)
+    result = generator(images[0], images[1], prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale,
+                       seed=seed, layout=json.dumps(boxes.tolist()), person_words=person_words)
+    produced = np.asarray(result.image.convert("RGB"), dtype=np.uint8)
+    if produced.shape != reference.shape:
+        raise BundleError(f"the bundle generated a {produced.shape[1]}x{produced.shape[0]} image, the reference "
+                          f"{reference.shape[1]}x{reference.shape[0]}; re-export the bundle")
+
+    if analyzer is None:
+        try:
+            analyzer = default_analyzer(model)
+        except ImportError as exc:
+            raise DHumanDiffError(f"cannot build this model's face analyzer ({exc}); pass another one "
+                                  f"(CLI: --face-analyzer dlib, or insightface with --face-root)") from None
+    ident = [cosine(person_embedding(analyzer, reference, box), person_embedding(analyzer, produced, box))
+             for box in boxes]
+    psnr = psnr_db(reference.astype(np.float64), produced.astype(np.float64), peak=255.0)
+    fallback = END_TO_END_BUDGETS.get(manifest.precision, END_TO_END_BUDGETS["fp16"])
+    min_psnr = float(budget.get("end_to_end_psnr_db", fallback["end_to_end_psnr_db"]))
+    min_ident = float(budget.get("identity_min_cosine", fallback["identity_min_cosine"]))
+    failures = []
+    if psnr < min_psnr:
+        failures.append(f"image PSNR {psnr:.1f} dB < {min_psnr} dB")
+    for who, c in zip(("person a", "person b"), ident):
+        if not math.isfinite(c) or c < min_ident:
+            failures.append(f"{who} face similarity {c:.4f} < {min_ident}")
+    return EndToEndResult(psnr, ident, min_psnr, min_ident, steps, seed, guidance, prompt, boxes.tolist(), failures)
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def run_parity(bundle_path: str | Path, model: DHumanDiff | str | Path | None = None, runtime: str | None = None,
+               device: str = "cpu", seed: int = 0, steps: int | None = None, *, report: str | Path | None = None,
+               end_to_end: bool = True, faces: Sequence[Any] | None = None, prompt: str | None = None,
+               person_words: tuple[str, str] | None = None, analyzer: Any = None,
+               strict: bool = True) -> ParityReport:
+    """Measure a bundle against its torch reference; write ``report`` (JSON) if given.
+
+    ``model``: a loaded model, a model name/folder, or ``None`` for the bundle's recorded ``source_model``.
+    ``faces``: two photos (paths/images); default: two tiny-world faces. With ``strict`` (the default) a bundle
+    outside its budget raises :class:`ParityError` after the report is written (the CLI's non-zero exit).
+    """
+    from ..runtimes.adapters import make_runner
+    from ..runtimes.manifest import load_manifest
+
+    bundle = Path(bundle_path)
+    manifest = load_manifest(bundle, runtime=runtime)
+    ref, source = load_reference(manifest, model)
+    budget = _raw_budget(manifest.root)
+    result = ParityReport(str(bundle), manifest.runtime, device, manifest.precision, manifest.backbone, source)
+    runner = make_runner(manifest.runtime, manifest.components, manifest.root, device=device,
+                         precision=manifest.precision)
+    result.components = component_parity(manifest, ref, runner, budget, seed)
+    if end_to_end:
+        result.end_to_end = end_to_end_parity(bundle, manifest, ref, budget, device=device, seed=seed, steps=steps,
+                                              faces=faces, prompt=prompt, person_words=person_words,
+                                              analyzer=analyzer)
+    if report is not None:
+        result.write(report)
+    if strict and not result.passed:
+        err = ParityError(f"{bundle} is outside its parity budget: {'; '.join(result.failures)}")
+        err.report = result  # type: ignore[attr-defined]
+        raise err
+    return result

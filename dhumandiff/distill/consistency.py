@@ -1,0 +1,179 @@
+"""Few-step students by latent consistency distillation (LCM-style), with classifier-free guidance folded in.
+
+The student starts as a copy of the teacher's UNet and learns to map any point of a teacher ODE trajectory to its
+end point in one evaluation. Following the LCM recipe (DESIGN.md 5): a skipping-step DDIM teacher solver over 50
+timesteps (k = 1000/50), the teacher's two CFG branches combined with a fixed guidance scale ``w`` (so the student
+runs at batch 1 with no CFG), LCM's boundary scalings ``c_skip``/``c_out`` (timestep scaling 10, sigma_data 0.5), a
+pseudo-Huber loss (c = 0.001) and an EMA target network (decay 0.95). One trained student serves 1, 2 and 4 steps
+through diffusers' ``LCMScheduler``, whose boundary scalings are the same formulas.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from ..model.dhumandiff_model import DHumanDiff
+from ..training.tensors import TrainingTensors, empty_prompt_ids
+from ..utils.regions import region_mask
+
+
+@dataclass
+class ConsistencyConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    guidance_scale: float = 3.0
+    num_ddim_timesteps: int = 50
+    ema_decay: float = 0.95
+    huber_c: float = 0.001
+    timestep_scaling: float = 10.0
+    seed: int = 0
+    max_minutes: float | None = None
+
+
+def boundary_scalings(t: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+    """LCM's ``(c_skip, c_out)`` at integer timesteps ``t`` (diffusers' LCMScheduler uses the same formulas)."""
+    s = t.float() * timestep_scaling
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s / (s**2 + sigma_data**2) ** 0.5
+    return c_skip, c_out
+
+
+def _expand(x: torch.Tensor) -> torch.Tensor:
+    return x.view(-1, 1, 1, 1)
+
+
+class ConsistencyDistiller:
+    """Distils a trained :class:`DHumanDiff` into a CFG-free few-step student UNet."""
+
+    def __init__(self, teacher: DHumanDiff, data: TrainingTensors, config: ConsistencyConfig) -> None:
+        if data.latents is None:
+            raise ValueError("encode latents first (training.tensors.encode_latents)")
+        self.cfg = config
+        self.data = data
+        self.teacher = teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        sched_cfg = {k: v for k, v in teacher.config.scheduler.items() if not k.startswith("_")}
+        self.noise_sched = DDPMScheduler.from_config(sched_cfg)
+        self.pred_type = self.noise_sched.config.prediction_type
+        ac = self.noise_sched.alphas_cumprod
+        self.alpha = ac.sqrt()
+        self.sigma = (1 - ac).sqrt()
+        n_train = self.noise_sched.config.num_train_timesteps
+        self.k = n_train // config.num_ddim_timesteps
+        # DDIM solver timesteps k-1, 2k-1, ..., n_train-1 (the LCM example's convention)
+        self.ddim_t = (torch.arange(1, config.num_ddim_timesteps + 1) * self.k - 1).long()
+        # the student: a deep copy of the teacher's UNet (same processors), trained; its EMA copy is the target
+        self.student = copy.deepcopy(teacher.identity_unet).train()
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        self.target = copy.deepcopy(self.student).eval()
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
+        h, w = data.latents.shape[-2:]
+        self.masks = torch.from_numpy(region_mask(data.boxes.numpy(), h, w))
+        self.scaling = float(teacher.vae.config.scaling_factor)
+        self.uncond_ids = empty_prompt_ids(teacher)
+        self.step = 0
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def _x0_eps(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, s = _expand(self.alpha[t]), _expand(self.sigma[t])
+        if self.pred_type == "v_prediction":
+            return a * x - s * out, s * x + a * out
+        if self.pred_type == "epsilon":
+            return (x - s * out) / a, out
+        return out, (x - a * out) / s  # "sample"
+
+    def _student_denoise(self, net, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        out = net(x, t.float(), cond["ctx"], cond["ip"], cond["mask"], 1.0, cond["pooled"], cond["time_ids"])
+        x0, _ = self._x0_eps(out, x, t)
+        c_skip, c_out = boundary_scalings(t, self.cfg.timestep_scaling)
+        return _expand(c_skip) * x + _expand(c_out) * x0
+
+    @torch.no_grad()
+    def _conditions(self, idx: torch.Tensor, g: torch.Generator) -> dict:
+        d, m = self.data, self.teacher
+        b = idx.shape[0]
+        views = torch.randint(0, d.view_feats.shape[1], (b, 2), generator=g)
+        pid = d.person_ids[idx]
+        feats, embeds = d.view_feats[pid, views], d.view_embeds[pid, views]
+        ip = m.resampler(feats.flatten(0, 1)).unflatten(0, (b, 2)).flatten(1, 2)
+        face_tok = m.face_proj(embeds.flatten(0, 1), feats.flatten(0, 1)).unflatten(0, (b, 2))[:, :, 0]
+        ctx, pooled = m.encode_prompt(d.input_ids[idx], face_tok, d.positions[idx])
+        uctx, upooled = m.encode_prompt(self.uncond_ids[None].repeat(b, 1), torch.zeros_like(face_tok),
+                                        torch.full((b, 2), -1, dtype=torch.long))
+        return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip": ip,
+                "mask": self.masks[idx], "time_ids": m.time_ids(b)}
+
+    # --------------------------------------------------------------------------------------------- step
+    def loss(self, g: torch.Generator) -> torch.Tensor:
+        cfg, d = self.cfg, self.data
+        idx = torch.randint(0, len(d), (cfg.batch_size,), generator=g)
+        x0 = d.latents[idx] * self.scaling
+        noise = torch.randn(x0.shape, generator=g)
+        n = torch.randint(1, cfg.num_ddim_timesteps, (cfg.batch_size,), generator=g)
+        t_start, t_prev = self.ddim_t[n], self.ddim_t[n - 1]
+        x_t = _expand(self.alpha[t_start]) * x0 + _expand(self.sigma[t_start]) * noise
+        cond = self._conditions(idx, g)
+        pred = self._student_denoise(self.student, x_t, t_start, cond)
+        with torch.no_grad():
+            tu = self.teacher.identity_unet
+            b = x_t.shape[0]
+            two = torch.cat([x_t, x_t])
+            out = tu(two, torch.cat([t_start, t_start]).float(), torch.cat([cond["uctx"], cond["ctx"]]),
+                     torch.cat([torch.zeros_like(cond["ip"]), cond["ip"]]), torch.cat([cond["mask"], cond["mask"]]),
+                     1.0, None if cond["pooled"] is None else torch.cat([cond["upooled"], cond["pooled"]]),
+                     self.teacher.time_ids(2 * b))
+            u, c = out.chunk(2)
+            guided = u + cfg.guidance_scale * (c - u)
+            x0_t, eps_t = self._x0_eps(guided, x_t, t_start)
+            x_prev = _expand(self.alpha[t_prev]) * x0_t + _expand(self.sigma[t_prev]) * eps_t  # DDIM step
+            target = self._student_denoise(self.target, x_prev, t_prev, cond)
+        return torch.mean(torch.sqrt((pred.float() - target.float()) ** 2 + cfg.huber_c**2) - cfg.huber_c)
+
+    def train(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
+        cfg = self.cfg
+        t0 = time.time()
+        hist: list[float] = []
+        while self.step < cfg.steps:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 7919)
+            loss = self.loss(g)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+            self.opt.step()
+            with torch.no_grad():
+                for pt, ps in zip(self.target.parameters(), self.student.parameters()):
+                    pt.mul_(cfg.ema_decay).add_(ps.detach(), alpha=1 - cfg.ema_decay)
+            self.step += 1
+            hist.append(float(loss.detach()))
+            if progress is not None:
+                progress(self.step, cfg.steps, {"loss": hist[-1]})
+            if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
+                break
+        return {"steps": self.step, "final_loss": sum(hist[-50:]) / max(1, len(hist[-50:])),
+                "minutes": (time.time() - t0) / 60, "config": asdict(cfg)}
+
+    def student_model(self) -> DHumanDiff:
+        """The teacher's model folder contents with the student's UNet (the target/EMA network) swapped in.
+
+        Defaults become the LCM sampler at 4 steps with no CFG (``guidance_scale`` 1.0 -> batch-1 UNet).
+        """
+        student = copy.deepcopy(self.teacher)
+        student.unet.load_state_dict(self.target.unet.state_dict())
+        student.config.scheduler = {**student.config.scheduler, "_class_name": "LCMScheduler"}
+        student.config.defaults = {**student.config.defaults, "steps": 4, "guidance_scale": 1.0, "sampler": "lcm",
+                                   "ip_scale": 1.0, "distilled_from": student.config.name,
+                                   "distill_guidance": self.cfg.guidance_scale}
+        return student

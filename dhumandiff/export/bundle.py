@@ -1,0 +1,193 @@
+"""``export_bundle``: every component of a model -> one self-describing bundle folder for one runtime.
+
+The loop is generic (STYLE.md, optimum's exporters): for each :class:`~.specs.ComponentSpec` it builds the
+wrapper, fabricates seeded example inputs, runs torch fp32 once for the reference, hands a :class:`GraphJob` to
+the runtime's exporter, runs the written file back and compares. A graph that misses its tolerance stops the
+export with :class:`ParityError` (Apple's ml-stable-diffusion rule: every conversion proves itself; optimum
+only warns). Then the tokenizer(s) and ``bundle.json`` (sha256 of every file) are written, last.
+
+Everything happens inside :func:`~dhumandiff.utils.atomic.atomic_dir`: an interrupted or failed export leaves
+only a hidden ``.NAME.partial-*`` sibling (removed on a clean failure), never a folder that looks complete, and a
+failed ``--overwrite`` leaves the previous bundle untouched.
+
+Core ML is delegated to ``export/coreml_export.py`` (owned by the Core ML work), which must provide::
+
+    export_coreml_components(model, specs, out_dir, *, precision, dynamic, progress) -> list[ExportedComponent]
+
+writing its ``.mlpackage`` folders into ``out_dir`` (names from the specs); this module adds the tokenizer and
+the manifest around them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DHumanDiffError, ParityError, RuntimeUnavailableError
+from ..model.dhumandiff_model import DHumanDiff
+from ..utils.atomic import atomic_dir, sha256_file
+from . import manifest as manifest_io
+from .artifacts import ExportedComponent, GraphJob, digests, tensor_entry
+from .specs import PRECISIONS, REQUIRED_COMPONENTS, ComponentSpec, components_for, unet_batch
+from .validate import compare_outputs, worst
+
+RUNTIMES = ("onnx", "openvino", "coreml", "torchscript")
+#: Exporter module per runtime: each provides ``export(job) -> files`` and ``run(root, files, inputs, outputs)``.
+EXPORTERS = {"onnx": "dhumandiff.export.onnx_export", "openvino": "dhumandiff.export.openvino_export",
+             "torchscript": "dhumandiff.export.torchscript_export"}
+
+#: ``progress(done, total, info)``: the CLI's progress bar, or any logger.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    runtime: str
+    precision: str = "fp32"
+    dynamic: bool = False
+    validate: bool = True
+    seed: int = 0
+
+
+def exporter(runtime: str):
+    """The exporter module of a runtime (imported on use: openvino and onnxruntime are slow to import)."""
+    if runtime not in EXPORTERS:
+        raise DHumanDiffError(f"no graph exporter for runtime {runtime!r}; choose one of {', '.join(EXPORTERS)}")
+    return importlib.import_module(EXPORTERS[runtime])
+
+
+@torch.no_grad()
+def torch_outputs(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, torch.Tensor],
+                  ) -> dict[str, np.ndarray]:
+    """The torch fp32 reference: the wrapper run on ``example``, outputs named by the spec."""
+    value = module(*example.values())
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if len(values) != len(spec.outputs):
+        raise DHumanDiffError(f"{spec.name} wrapper returned {len(values)} outputs, its spec names {len(spec.outputs)}")
+    return {name: v.detach().float().cpu().numpy() for name, v in zip(spec.outputs, values)}
+
+
+@torch.no_grad()
+def export_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, options: ExportOptions,
+                     ) -> ExportedComponent:
+    """Export one component into ``out_dir`` and (unless disabled) prove it against torch fp32."""
+    module = spec.build(model).eval()
+    names = spec.input_names(model)
+    example = spec.example(model, unet_batch(model), options.seed)
+    reference = torch_outputs(spec, module, example)
+    axes = spec.axes(model, options.dynamic)
+    precision = spec.graph_precision(options.precision)
+    job = GraphJob(spec.name, module, names, spec.outputs, example, axes, out_dir, precision,
+                   spec.fp16_op_block_list)
+    backend = exporter(options.runtime)
+    t0 = time.perf_counter()
+    files = backend.export(job)
+    seconds = time.perf_counter() - t0
+    validation = None
+    if options.validate:
+        got = backend.run(out_dir, files, {n: example[n].numpy() for n in names}, spec.outputs)
+        per_output = compare_outputs(reference, got)
+        tol = spec.tolerance(precision)
+        summary = worst(per_output)
+        failures = summary.failures(tol)
+        if failures:
+            raise ParityError(f"{spec.name} exported to {options.runtime} {precision} misses its tolerance "
+                              f"({'; '.join(failures)}); the export was not written")
+        validation = {**summary.to_dict(), "tolerance": tol.to_dict(), "export_seconds": round(seconds, 2)}
+    return ExportedComponent(
+        name=spec.name, file=files[0], extra_files=files[1:],
+        inputs={n: tensor_entry(example[n], axes.get(n)) for n in names},
+        outputs={n: tensor_entry(reference[n], axes.get(n)) for n in spec.outputs},
+        precision=precision, validation=validation, sha256=digests(out_dir, files))
+
+
+def _coreml_components(model: DHumanDiff, specs: Sequence[ComponentSpec], out_dir: Path, options: ExportOptions,
+                       progress: Progress | None) -> list[ExportedComponent]:
+    try:
+        module = importlib.import_module("dhumandiff.export.coreml_export")
+    except ModuleNotFoundError as exc:
+        if exc.name != "dhumandiff.export.coreml_export":
+            raise
+        raise RuntimeUnavailableError("Core ML export is not available in this dhumandiff version yet; export for "
+                                      "onnx, openvino or torchscript") from None
+    comps = module.export_coreml_components(model, list(specs), out_dir, precision=options.precision,
+                                            dynamic=options.dynamic, progress=progress)
+    for comp in comps:
+        if not comp.sha256:
+            comp.sha256 = digests(out_dir, [comp.file, *comp.extra_files])
+    return comps
+
+
+def _write_tokenizers(model: DHumanDiff, root: Path) -> dict[str, dict]:
+    """``tokenizer/tokenizer.json`` (+ ``tokenizer_2/`` when the second tokenizer differs, as in real SDXL)."""
+    out = {}
+    pairs = [("tokenizer", model.tokenizer, manifest_io.TOKENIZER_FILE)]
+    tok2 = model.tokenizer_2
+    if tok2 is not None and tok2.backend_tokenizer.to_str() != model.tokenizer.backend_tokenizer.to_str():
+        pairs.append(("tokenizer_2", tok2, manifest_io.TOKENIZER_2_FILE))
+    for key, tok, rel in pairs:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.backend_tokenizer.save(str(path))
+        out[key] = manifest_io.tokenizer_entry(tok, rel, sha256_file(path))
+    return out
+
+
+def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precision: str = "fp32",
+                  dynamic: bool = False, overwrite: bool = False, progress: Progress | None = None, *,
+                  source_model: str | None = None, model_name: str | None = None,
+                  specs: Sequence[ComponentSpec] | None = None, validate: bool = True, seed: int = 0) -> Path:
+    """Export ``model`` as a bundle for ``runtime`` at ``out_dir``; returns ``out_dir``.
+
+    ``source_model`` (an embedded model name or folder) is recorded so ``dhumandiff parity`` can rebuild the
+    reference; ``specs`` overrides :func:`components_for` (custom tolerances, tests); ``validate=False`` skips
+    the per-graph check (for runtimes that cannot execute here). Raises ``FileExistsError`` when ``out_dir``
+    exists and ``overwrite`` is false, :class:`ParityError` when a graph misses its tolerance.
+    """
+    if runtime not in RUNTIMES:
+        raise DHumanDiffError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise DHumanDiffError(f"precision {precision!r} is not exported here; choose one of {', '.join(PRECISIONS)} "
+                              f"(int8 and palettised bundles come from `dhumandiff calibrate`)")
+    out_dir = Path(out_dir)
+    options = ExportOptions(runtime, precision, dynamic, validate, seed)
+    specs = list(specs) if specs is not None else components_for(model)
+    missing = [name for name in REQUIRED_COMPONENTS if name not in {s.name for s in specs}]
+    if "identity_encoder" in missing and model.identity_encoder is None:
+        raise DHumanDiffError(f"{model.config.name} model has no identity encoder, and a bundle must ship one "
+                              f"(the runtimes embed the face photos with it); export a model with an "
+                              f"identity_encoder/ folder")
+    if missing:
+        raise DHumanDiffError(f"a bundle needs the component(s) {', '.join(missing)}; add their specs")
+    model.eval()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        total = len(specs) + 1
+        if runtime == "coreml":
+            components = _coreml_components(model, specs, tmp, options, progress)
+        else:
+            components = []
+            for i, spec in enumerate(specs):
+                if progress:
+                    progress(i, total, spec.name)
+                components.append(export_component(spec, model, tmp, options))
+        if progress:
+            progress(len(specs), total, "tokenizer + bundle.json")
+        by_name = {s.name: s for s in specs}
+        tolerances = {c.name: by_name[c.name].tolerance(c.precision) for c in components}
+        info = {"exporter": runtime, "dynamic": dynamic, "seed": seed}
+        if runtime == "onnx":
+            info["opset"] = exporter("onnx").OPSET
+        manifest = manifest_io.build_manifest(
+            model, runtime, precision, components, _write_tokenizers(model, tmp), tolerances,
+            model_name=model_name or Path(source_model or model.config.name).name,
+            source_model=source_model, export_info=info)
+        manifest_io.write(tmp, manifest)
+        if progress:
+            progress(total, total, "done")
+    return out_dir

@@ -1,0 +1,115 @@
+"""``bundle.json`` as the exporter writes it: plain JSON built from the model's config and the written graphs.
+
+The reader lives in ``dhumandiff.runtimes.manifest``; the export stage must not import it (runtimes is a later
+stage), so this module writes the same contract as plain data and the tests check that the reader accepts it.
+Everything a torch-free runtime needs to reproduce the reference sampler is here: image and latent geometry,
+the resolved scheduler config, tokenizer ids, identity preprocessing constants, sampling defaults and the
+fidelity budget that ``dhumandiff parity`` checks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .. import __version__
+from ..model.dhumandiff_model import DHumanDiff
+from ..model.sampler import make_scheduler
+from .artifacts import ExportedComponent
+from .specs import END_TO_END_BUDGETS, unet_batch
+from .validate import Tolerance
+
+FORMAT = "dhumandiff-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "bundle.json"
+TOKENIZER_FILE = "tokenizer/tokenizer.json"
+TOKENIZER_2_FILE = "tokenizer_2/tokenizer.json"
+#: The identity encoder's input normalisation, ``(RGB 0..255 - mean) / std`` (ArcFace's convention).
+ARCFACE_MEAN = 127.5
+ARCFACE_STD = 127.5
+
+
+def scheduler_config(model: DHumanDiff) -> dict[str, Any]:
+    """The resolved config of the scheduler the reference sampler builds, with its ``_class_name``.
+
+    Resolved (every field, defaults filled in) so the NumPy sampler never depends on diffusers' defaults.
+    """
+    sched = make_scheduler(model)
+    cfg = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
+    return {"_class_name": type(sched).__name__, **json.loads(json.dumps(cfg, default=_jsonable))}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} into bundle.json")
+
+
+def tokenizer_entry(tokenizer: Any, file: str, sha256: str) -> dict[str, Any]:
+    eos = int(tokenizer.eos_token_id)
+    pad = tokenizer.pad_token_id
+    return {"file": file, "max_length": 77, "pad_token_id": int(eos if pad is None else pad),
+            "bos_token_id": int(tokenizer.bos_token_id), "eos_token_id": eos, "sha256": sha256}
+
+
+def budget(precision: str, tolerances: Mapping[str, Tolerance]) -> dict[str, Any]:
+    """The bundle's fidelity budget: per-component gates (at each graph's own precision) + end to end."""
+    atols = [t.atol for t in tolerances.values() if t.atol is not None]
+    if not atols:
+        raise ValueError("the bundle format needs a component_max_abs: give at least one component an atol")
+    return {
+        "component_max_abs": max(atols),
+        "component_min_cosine": min(t.min_cosine for t in tolerances.values()),
+        **END_TO_END_BUDGETS[precision],
+        "components": {name: t.to_dict() for name, t in tolerances.items()},
+    }
+
+
+def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: list[ExportedComponent],
+                   tokenizers: Mapping[str, dict[str, Any]], tolerances: Mapping[str, Tolerance],
+                   model_name: str, source_model: str | None, export_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``bundle.json`` dict (format_version 1). ``tokenizers`` maps ``tokenizer``/``tokenizer_2`` to entries."""
+    cfg = model.config
+    vae = model.vae.config
+    defaults = cfg.defaults
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": cfg.name,
+        "runtime": runtime,
+        "precision": precision,
+        "model_name": model_name,
+        "image_size": [int(cfg.image_size), int(cfg.image_size)],
+        "latent": {"channels": int(vae.latent_channels), "downscale": 2 ** (len(vae.block_out_channels) - 1),
+                   "scaling_factor": float(vae.scaling_factor)},
+        "scheduler": scheduler_config(model),
+        **dict(tokenizers),
+        "identity": {"num_id_tokens": int(cfg.num_id_tokens), "face_size": int(cfg.face_size),
+                     "clip_size": int(cfg.clip_size), "clip_mean": [float(v) for v in cfg.clip_mean],
+                     "clip_std": [float(v) for v in cfg.clip_std], "arcface_mean": ARCFACE_MEAN,
+                     "arcface_std": ARCFACE_STD},
+        "defaults": {"steps": int(defaults.get("steps", 30)),
+                     "guidance_scale": float(defaults.get("guidance_scale", 5.0)),
+                     "ip_scale": float(defaults.get("ip_scale", 1.0)), "sampler": str(defaults.get("sampler", "ddim")),
+                     "cfg": unet_batch(model) == 2},
+        "components": {c.name: c.manifest_entry() for c in components},
+        "budget": budget(precision, tolerances),
+        "created_by": f"dhumandiff {__version__}",
+    }
+    if source_model is not None:
+        manifest["source_model"] = source_model
+    manifest["export"] = {**dict(export_info), "torch": torch.__version__,
+                          "graph_precision": {c.name: c.precision for c in components},
+                          "validation": {c.name: c.validation for c in components if c.validation is not None}}
+    return manifest
+
+
+def write(root: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``bundle.json`` (inside the export's temporary folder: the folder rename is the atomic step)."""
+    path = root / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
+

@@ -1,0 +1,108 @@
+"""How an exported graph is judged against the torch fp32 reference: max abs error, cosine and PSNR.
+
+One definition serves the exporters' in-line gate (every conversion proves itself before it lands in a bundle)
+and ``dhumandiff parity``, so a number in an export log means the same as the number in a parity report.
+optimum's exporters compare with ``atol`` only and merely warn; we use three measures because fp16 and
+quantised graphs are judged by direction (cosine) and signal-to-noise (PSNR), not by absolute error, and we
+fail on a miss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+
+#: PSNR of identical arrays is infinite; reports cap it so they stay plain JSON.
+PSNR_CAP_DB = 200.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What one component must reach at one precision. ``atol=None``: absolute error is reported, not gated."""
+
+    atol: float | None
+    min_cosine: float
+    min_psnr_db: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One output of one component against its reference."""
+
+    max_abs: float
+    cosine: float
+    psnr_db: float
+
+    def failures(self, tol: Tolerance) -> list[str]:
+        """Human-readable reasons this comparison misses ``tol`` (empty when it passes)."""
+        out = []
+        if not math.isfinite(self.max_abs):
+            return ["output holds NaN/Inf"]
+        if tol.atol is not None and self.max_abs > tol.atol:
+            out.append(f"max abs {self.max_abs:.3g} > {tol.atol:.3g}")
+        if self.cosine < tol.min_cosine:
+            out.append(f"cosine {self.cosine:.6f} < {tol.min_cosine}")
+        if self.psnr_db < tol.min_psnr_db:
+            out.append(f"PSNR {self.psnr_db:.1f} dB < {tol.min_psnr_db} dB")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray, peak: float | None = None) -> float:
+    """``20 log10(peak / rmse)``; ``peak`` defaults to the reference's value range (Apple's per-tensor PSNR)."""
+    ref = np.asarray(reference, np.float64)
+    diff = np.asarray(test, np.float64) - ref
+    rmse = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
+    if peak is None:
+        peak = float(ref.max() - ref.min()) if ref.size else 0.0
+        peak = peak if peak > 0 else max(float(np.abs(ref).max(initial=0.0)), 1.0)
+    if rmse == 0.0:
+        return PSNR_CAP_DB
+    return float(min(20.0 * math.log10(peak / rmse), PSNR_CAP_DB))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays seen as flat vectors (1.0 when both are all zeros)."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 and ny == 0.0:
+        return 1.0
+    if nx == 0.0 or ny == 0.0:
+        return 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def compare(reference: np.ndarray, test: np.ndarray) -> Comparison:
+    """Compare one output; shapes must agree (a shape mismatch is a broken export, not a numeric miss)."""
+    ref = np.asarray(reference)
+    out = np.asarray(test)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shape {list(out.shape)} differs from the reference's {list(ref.shape)}")
+    out64 = out.astype(np.float64)
+    if not np.isfinite(out64).all():
+        return Comparison(float("inf"), 0.0, 0.0)
+    max_abs = float(np.abs(out64 - ref.astype(np.float64)).max(initial=0.0))
+    return Comparison(max_abs, cosine(ref, out), psnr_db(ref, out))
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> dict[str, Comparison]:
+    """Per named output; an output missing from ``test`` raises KeyError naming it."""
+    missing = [n for n in reference if n not in test]
+    if missing:
+        raise KeyError(f"exported graph did not return output(s) {missing}")
+    return {name: compare(ref, test[name]) for name, ref in reference.items()}
+
+
+def worst(comparisons: Mapping[str, Comparison]) -> Comparison:
+    """The component-level summary: largest error, smallest cosine and PSNR over its outputs."""
+    vals = list(comparisons.values())
+    return Comparison(max(c.max_abs for c in vals), min(c.cosine for c in vals), min(c.psnr_db for c in vals))
