@@ -41,6 +41,9 @@ def _source_name(model: str | None) -> str:
 
 
 def _export_command(runtime: str) -> Callable[..., None]:
+    if runtime == "coreml":
+        return _coreml_command()
+
     def command(
         model: str = typer.Argument("tiny", help="Embedded model name (e.g. tiny) or a model folder."),
         out: Path = typer.Option(..., "--out", help="Bundle folder to write (atomically)."),
@@ -49,19 +52,41 @@ def _export_command(runtime: str) -> Callable[..., None]:
                                                                "VAE decoder (default: static shapes)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
     ) -> None:
-        from ..export.bundle import export_bundle
-        from ..export.specs import components_for
-        from ..model.generate import load_model
-
-        source = _source_name(model)
-        m = load_model(model)
-        with progress_bar(f"export {runtime} {precision}", total=len(components_for(m)) + 1) as update:
-            path = export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=update,
-                                 source_model=source)
-        console.print(f"wrote {path}")
+        _export(runtime, model, out, precision, dynamic, overwrite)
 
     command.__name__ = f"export_{runtime}"
     return command
+
+
+def _coreml_command() -> Callable[..., None]:
+    def export_coreml(
+        model: str = typer.Argument("tiny", help="Embedded model name (e.g. tiny) or a model folder."),
+        out: Path = typer.Option(..., "--out", help="Bundle folder to write (atomically)."),
+        precision: str = typer.Option("fp16", "--precision", help="fp16 (Core ML's and the Neural Engine's "
+                                                                  "precision) or fp32; the VAE decoder stays fp32."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+        attention: str = typer.Option("split_einsum", "--attention",
+                                      help="UNet attention: split_einsum (Neural Engine) or original (GPU)."),
+    ) -> None:
+        from ..export.coreml_export import coreml_settings
+
+        with coreml_settings(attention=attention):
+            _export("coreml", model, out, precision, False, overwrite)
+
+    return export_coreml
+
+
+def _export(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool) -> None:
+    from ..export.bundle import export_bundle
+    from ..export.specs import components_for
+    from ..model.generate import load_model
+
+    source = _source_name(model)
+    m = load_model(model)
+    with progress_bar(f"export {runtime} {precision}", total=len(components_for(m)) + 1) as update:
+        path = export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=update,
+                             source_model=source)
+    console.print(f"wrote {path}")
 
 
 def parity(

@@ -32,6 +32,15 @@ ARCFACE_MEAN = 127.5
 ARCFACE_STD = 127.5
 
 
+def face_detector(model: DHumanDiff) -> dict:
+    """Which torch-free detector the runtime runs before the identity graphs (the tiny world's, or none)."""
+    from ..model.faces.world import WorldAnalyzer, WorldIdentityEncoder
+
+    if isinstance(model.identity_encoder, WorldIdentityEncoder):
+        return {"detector": "world", "min_face_px": int(WorldAnalyzer.min_face_px)}
+    return {"detector": "none"}
+
+
 def scheduler_config(model: DHumanDiff) -> dict[str, Any]:
     """The resolved config of the scheduler the reference sampler builds, with its ``_class_name``.
 
@@ -90,7 +99,7 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
         "identity": {"num_id_tokens": int(cfg.num_id_tokens), "face_size": int(cfg.face_size),
                      "clip_size": int(cfg.clip_size), "clip_mean": [float(v) for v in cfg.clip_mean],
                      "clip_std": [float(v) for v in cfg.clip_std], "arcface_mean": ARCFACE_MEAN,
-                     "arcface_std": ARCFACE_STD},
+                     "arcface_std": ARCFACE_STD, **face_detector(model)},
         "defaults": {"steps": int(defaults.get("steps", 30)),
                      "guidance_scale": float(defaults.get("guidance_scale", 5.0)),
                      "ip_scale": float(defaults.get("ip_scale", 1.0)), "sampler": str(defaults.get("sampler", "ddim")),

@@ -124,6 +124,12 @@ class DHumanDiff(nn.Module):
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         return tokenize(self.tokenizer, prompts).to(self.device)
 
+    def tokenize_2(self, prompts: list[str]) -> torch.Tensor | None:
+        """Token ids for SDXL's second (OpenCLIP) tokenizer; None for single-encoder backbones."""
+        if self.tokenizer_2 is None:
+            return None
+        return tokenize(self.tokenizer_2, prompts).to(self.device)
+
     def time_ids(self, batch: int) -> torch.Tensor | None:
         """SDXL's micro-conditioning (original size, crop, target size) for an uncropped square image."""
         if self.text_encoder_2 is None:

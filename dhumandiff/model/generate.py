@@ -115,5 +115,5 @@ def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyze
         (faces[0], faces[1]), torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], boxes,
         steps=steps or cfg.defaults.get("steps", 30), seed=seed,
         guidance=cfg.defaults.get("guidance_scale", 5.0) if guidance is None else guidance, ip_scale=ip_scale,
-        mode=mode, sampler=sampler, progress=progress)
+        mode=mode, sampler=sampler, progress=progress, input_ids_2=model.tokenize_2([prompt]))
     return Portrait(to_pil(out.image.numpy()), out.unet_passes, (faces[0], faces[1]), boxes, pos)

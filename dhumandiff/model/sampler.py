@@ -57,17 +57,17 @@ class ReferenceSampler:
         self.model = model.eval()
 
     @torch.no_grad()
-    def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor,
-                   positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
+                   input_ids_2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Text context (cond, uncond), ID tokens of both persons and the pooled/time inputs."""
         m = self.model
         clip = torch.stack([torch.from_numpy(f.clip_pixels) for f in faces])
         ids = torch.stack([torch.from_numpy(f.id_embedding) for f in faces])
         ip, face_tok = m.identity_tokens(clip, ids)             # [2,16,C], [2,1,F]
         ip_tokens = ip.reshape(1, -1, ip.shape[-1])              # [1,32,C] person 1 then person 2
-        ctx, pooled = m.encode_prompt(input_ids, face_tok[:, 0][None], positions)
-        empty = m.tokenize([""])
-        uctx, upooled = m.encode_prompt(empty, torch.zeros_like(face_tok[:, 0][None]), torch.full_like(positions, -1))
+        ctx, pooled = m.encode_prompt(input_ids, face_tok[:, 0][None], positions, input_ids_2)
+        uctx, upooled = m.encode_prompt(m.tokenize([""]), torch.zeros_like(face_tok[:, 0][None]),
+                                        torch.full_like(positions, -1), m.tokenize_2([""]))
         return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip_tokens": ip_tokens}
 
     def _eps(self, latents, t, cond, mask, ip_scale, guidance, attn_store=None) -> torch.Tensor:
@@ -90,12 +90,13 @@ class ReferenceSampler:
     def sample(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
                boxes: np.ndarray, steps: int, seed: int, guidance: float, ip_scale: float | None = None,
                mode: str = "single", sampler: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> SamplerOutput:
+               progress: Callable[[int, int], None] | None = None,
+               input_ids_2: torch.Tensor | None = None) -> SamplerOutput:
         m = self.model
         cfg = m.config
         ip_scale = cfg.defaults.get("ip_scale", 1.0) if ip_scale is None else ip_scale
         h = w = cfg.latent_size
-        cond = self.conditions(faces, input_ids, positions)
+        cond = self.conditions(faces, input_ids, positions, input_ids_2)
         layout_mask = torch.from_numpy(region_mask(boxes, h, w))[None]
         noise = initial_noise(seed, (1, 4, h, w))
         per_pass = 2 if guidance > 1.0 else 1

@@ -34,6 +34,7 @@ from PIL import Image
 from dhumandiff.errors import DHumanDiffError, PromptError
 from dhumandiff.runtimes import schedulers
 from dhumandiff.runtimes.adapters import GraphRunner, RuntimeInfo, available_runtimes, make_runner
+from dhumandiff.runtimes.faces import FaceCropper
 from dhumandiff.runtimes.imageio import ImageLike, load_image, postprocess, preprocess_clip, preprocess_face
 from dhumandiff.runtimes.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
 from dhumandiff.runtimes.manifest import Manifest, load_manifest
@@ -79,6 +80,7 @@ class BundleGenerator:
         self.runner = runner
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2 or tokenizer
+        self.cropper = FaceCropper(manifest.identity)
 
     # ------------------------------------------------------------------------------------------- encoders
 
@@ -152,11 +154,14 @@ class BundleGenerator:
         negative_prompt: str = "",
         person_words: Sequence[str] | None = None,
         progress: ProgressFn | None = None,
+        face_index_a: int | None = None,
+        face_index_b: int | None = None,
     ) -> GenerationResult:
         """Generate one image of person A (``face_a``) and person B (``face_b``).
 
-        Faces are taken as given: pass face crops (the reference pipeline crops around a detected face; face
-        detection is not part of the torch-free runtime), a non-square photo is centre-cropped. Settings left
+        Faces go through the bundle's detector (``identity.detector``): exactly one face per photo (or the
+        ``face_index_a``/``face_index_b``-th, 0 = largest), cropped as the reference does; with detector
+        ``none`` the photos are taken as aligned face crops (a non-square photo is centre-cropped). Settings left
         as None come from the bundle's ``defaults``. Every user input (prompt, person words, layout, steps,
         sampler, image files) is checked before any graph runs.
         """
@@ -183,7 +188,8 @@ class BundleGenerator:
         lay = self._layout(layout)
         mask = region_mask(lay, m.latent_size)
         sched = self._scheduler(sampler, int(steps))
-        img_a, img_b = load_image(face_a), load_image(face_b)
+        img_a = self.cropper(load_image(face_a), face_index_a, _name(face_a, "face a"))
+        img_b = self.cropper(load_image(face_b), face_index_b, _name(face_b, "face b"))
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -265,6 +271,10 @@ class BundleGenerator:
             "providers": list(self.runner.providers),
             "defaults": dataclasses.asdict(m.defaults),
         }
+
+
+def _name(source: ImageLike, default: str) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else default
 
 
 def load_bundle(

@@ -114,6 +114,13 @@ class IdentitySpec:
     clip_std: tuple[float, float, float]
     arcface_mean: float
     arcface_std: float
+    # Face detector run before the identity graphs ("world": the tiny world's palette detector; "none": photos
+    # are taken as aligned face crops) and the smallest face side it accepts.
+    detector: str = "none"
+    min_face_px: int = 12
+
+
+DETECTORS = ("none", "world")
 
 
 @dataclass(frozen=True)
@@ -400,7 +407,12 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
         clip_std=_floats(ident, "clip_std", "identity", 3, positive=True),  # type: ignore[arg-type]
         arcface_mean=_float(ident, "arcface_mean", "identity"),
         arcface_std=_float(ident, "arcface_std", "identity", positive=True),
+        detector=str(ident.get("detector", "none")),
+        min_face_px=int(ident.get("min_face_px", 12)),
     )
+    if identity.detector not in DETECTORS:
+        raise BundleError(f"identity.detector {identity.detector!r} is not one of {', '.join(DETECTORS)}: re-export the "
+                          f"bundle with this dhumandiff version")
 
     dft = _obj(d, "defaults")
     defaults = Defaults(

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from ..model.dhumandiff_model import DHumanDiff
-from ..model.face_inputs import prepare_face
-from ..model.faces.base import FaceAnalyzer
+from ..errors import FaceNotFoundError, MultipleFacesError
+from ..model.face_inputs import FaceInput, clip_preprocess, prepare_face
+from ..model.faces.base import Face, FaceAnalyzer, l2_normalize, square_crop
 from ..model.tokenizer import tokenize
 
 
@@ -64,8 +65,7 @@ def load_training_tensors(root: str | Path, model: DHumanDiff, analyzer: FaceAna
             files = sorted((faces_dir / name).glob("*.png"))[:max_views]
             clip_px, emb = [], []
             for f in files:
-                fi = prepare_face(analyzer, np.asarray(Image.open(f).convert("RGB")), cfg.face_size, cfg.clip_size,
-                                  cfg.clip_mean, cfg.clip_std, name=str(f))
+                fi = prepare_reference(analyzer, np.asarray(Image.open(f).convert("RGB")), cfg, str(f))
                 clip_px.append(torch.from_numpy(fi.clip_pixels))
                 emb.append(torch.from_numpy(fi.id_embedding))
             while len(clip_px) < max_views:  # identities with fewer views repeat their last one
@@ -78,6 +78,18 @@ def load_training_tensors(root: str | Path, model: DHumanDiff, analyzer: FaceAna
         boxes=torch.stack(boxes).float(), person_ids=torch.tensor([[index[a], index[b]] for a, b in names]),
         view_feats=torch.stack(feats), view_embeds=torch.stack(embeds), identity_names=identity_names,
         captions=captions)
+
+
+def prepare_reference(analyzer: FaceAnalyzer, image: np.ndarray, cfg, name: str) -> FaceInput:
+    """A reference view's identity inputs; a view the detector misses is used whole (views are aligned crops)."""
+    try:
+        return prepare_face(analyzer, image, cfg.face_size, cfg.clip_size, cfg.clip_mean, cfg.clip_std, name=name)
+    except (FaceNotFoundError, MultipleFacesError):
+        h, w = image.shape[:2]
+        crop = square_crop(image, (0, 0, w, h), cfg.face_size, context=1.0)
+        emb = l2_normalize(analyzer.embed(image, Face(bbox=(0, 0, w, h)))).reshape(-1)
+        return FaceInput(crop=crop, id_embedding=emb, clip_pixels=clip_preprocess(crop, cfg.clip_size, cfg.clip_mean,
+                                                                                   cfg.clip_std), bbox=(0, 0, w, h))
 
 
 @torch.no_grad()

@@ -198,25 +198,34 @@ class FaceAnalyzer(abc.ABC):
         name = name or "the photo"
         image = as_rgb_uint8(image, name)
         min_px = self.min_face_px if min_face_px is None else int(min_face_px)
-        faces = self._sorted(self.detect(image))
-        if not faces:
-            raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
-        if face_index is None:
-            if len(faces) > 1:
-                raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass --face-index N (0 = largest, "
-                                         f"faces ordered by size) or crop the photo to one person")
-            face = faces[0]
-        else:
-            idx = int(face_index)
-            if not 0 <= idx < len(faces):
-                raise FaceNotFoundError(f"--face-index {idx} is out of range: {len(faces)} face(s) found in {name} "
-                                        f"(valid: 0..{len(faces) - 1}, 0 = largest)")
-            face = faces[idx]
-        if face.size_px < min_px:
-            raise FaceNotFoundError(f"face too small in {name} ({face.width:.0f}x{face.height:.0f} px): use a photo "
-                                    f"where the face is at least {min_px} px")
+        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name)
         face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
         return face
+
+
+def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str) -> Face:
+    """The refusals every face photo goes through, given its detections sorted largest first.
+
+    Shared by the analyzers and by the torch-free runtimes (which detect but embed through a graph), so a photo is
+    accepted or refused, with the same one-line message, whatever runs the model.
+    """
+    if not faces:
+        raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
+    if face_index is None:
+        if len(faces) > 1:
+            raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass --face-index N (0 = largest, "
+                                     f"faces ordered by size) or crop the photo to one person")
+        face = faces[0]
+    else:
+        idx = int(face_index)
+        if not 0 <= idx < len(faces):
+            raise FaceNotFoundError(f"--face-index {idx} is out of range: {len(faces)} face(s) found in {name} "
+                                    f"(valid: 0..{len(faces) - 1}, 0 = largest)")
+        face = faces[idx]
+    if face.size_px < min_face_px:
+        raise FaceNotFoundError(f"face too small in {name} ({face.width:.0f}x{face.height:.0f} px): use a photo "
+                                f"where the face is at least {min_face_px} px")
+    return face
 
 
 def get_face_analyzer(name: str = "world", **kw: Any) -> FaceAnalyzer:

@@ -119,10 +119,10 @@ class InsightFaceAnalyzer(FaceAnalyzer):
                 self.det_model.prepare(ctx_id=-1, input_size=tuple(det_size), det_thresh=float(det_thresh))
                 self.detection_path = found["detection"]
             elif key == "world":
-                from .world import WorldFaceDetector
+                from .world_detect import WorldFaceDetector
 
                 self.detector = WorldFaceDetector(**detector_kw)
-                self.min_face_px = 8
+                self.min_face_px = 12
             elif key == "dlib":
                 from .dlib_backend import DlibAnalyzer
 

@@ -1,19 +1,26 @@
 """Face detection and attribute reading for the tiny synthetic world, from the renderer's palette. No network.
 
 Faces of :mod:`dhumandiff.data.world` are flat-filled shapes in a known palette (skin, hair, eyes, glasses,
-lips), lit by a global factor 0.7-1.3 with a small per-channel tint. Skin is recognised by *ratio consistency*:
-a pixel is tone ``t`` when ``pixel / SKIN_RGB[t]`` is (nearly) the same factor in every channel, which is
-invariant to the light level; saturated channels (255) are treated as "at least" that bright.
+lips), lit by a global factor 0.7-1.3 with a small per-channel tint.
 
-:class:`WorldFaceDetector` turns the skin mask into heads with a top-down sweep over row runs (a head ends at
-its neck, where it narrows to under 40 % of its widest row, so a neck, a dress neckline or an arm never makes a
-head larger, and two people joined by a hug stay two heads), then keeps heads whose size and shape fit and that
-show eyes: non-skin pixels inside the head in its upper half, on both sides. Each face's box is the *aligned
-crop* the renderer uses for reference views (eyes at 0.46 of the side, eye distance 0.32 of the side), so a
-crop of a scene face frames it like a reference photo.
+Skin: a pixel is palette tone ``t`` when ``pixel / SKIN_RGB[t]`` is nearly the same factor in every channel
+(hue, light-invariant; a saturated 255 channel only says "at least"). Among those loose skin pixels, the image's
+own skin colours are its most frequent *flat* colours (the renderer fills skin flat; a skin-coloured background,
+sand or a blend along an edge is a gradient or a thin line), and each gives one tight mask: that colour times a
+shading factor 0.6-1.12 (ears, nose, neck).
 
-:class:`WorldAttributeReader` reads every attribute back from the pixels of an aligned face crop by colour
-statistics in the regions the renderer draws; it is the evaluator's check that no network can game.
+:class:`WorldFaceDetector`: in each mask, a top-down sweep over row runs proposes heads (a head ends at its neck,
+where it narrows to under 40 % of its widest row, so a neckline, an arm or a hug never joins a head; pieces cut
+apart by glasses frames or a beard are joined again). Around each proposal, square windows are scored on the
+renderer's face layout (cheeks, nose bridge and forehead are skin; eyes, mouth and the hair above the forehead
+are not; nothing skin-coloured beyond the ears), upright or tilted for large faces. The best windows give the
+face box: the *aligned crop* of the renderer (eyes at 0.46 of the side), so a crop of a scene face frames it like
+a reference photo. A few rules of this world then drop impossible faces (inside another face, on a chest under
+a face, far smaller than the others, or spanning two people).
+
+:class:`WorldAttributeReader` reads the colour attributes back from the pixels of an aligned face crop, by
+palette votes in the regions the renderer draws, after a white balance on the eye whites: the evaluator's check
+that no network can game.
 
 Torch-free.
 """
@@ -32,8 +39,6 @@ from .base import Face, as_rgb_uint8
 __all__ = ["WorldFaceDetector", "WorldAttributeReader", "skin_mask", "COLOUR_ATTRIBUTES"]
 
 _SKIN = np.array([W.SKIN_RGB[t] for t in W.SKIN_TONES], np.float32)
-_EYE_Y, _EYE_D = float(W.EYE_Y_FRAC), float(W.EYE_DIST_FRAC)
-_FRINGE_Y = 0.31  # the fringe hides the face above this fraction of the aligned crop
 #: Face extent (ears included) as a fraction of the aligned crop side, averaged over face shapes.
 _HEAD_W = 0.66
 COLOUR_ATTRIBUTES = ("skin_tone", "hair_color", "eye_color", "glasses", "beard")
@@ -296,9 +301,9 @@ def _merge_split_heads(regs: list[_Region]) -> list[_Region]:
     return [r for r in regs if r.rows]
 
 
-# Window features in aligned-crop units: (u0, v0, u1, v1, want_skin, min_fraction, may_leave_the_image). The renderer draws cheeks
-# at v 0.5-0.63 (beards start at 0.635), the nose bridge between the eyes, eyes at v 0.46 / u 0.34, 0.66, the
-# fringe above v 0.31 and nothing but hair or background beyond the ears.
+# Window features in aligned-crop units: (u0, v0, u1, v1, want_skin, min_fraction, may_leave_the_image). The
+# renderer draws cheeks at v 0.5-0.63 (beards start at 0.635), the nose bridge between the eyes, eyes at v 0.46 /
+# u 0.34, 0.66, the fringe above v 0.31, lips at v 0.65-0.72 and nothing but hair or background beyond the ears.
 _FEATURES = (
     (0.27, 0.54, 0.36, 0.62, True, 0.5, False),  # left cheek
     (0.64, 0.54, 0.73, 0.62, True, 0.5, False),  # right cheek
@@ -322,8 +327,8 @@ def _integral(m: np.ndarray) -> np.ndarray:
 def _box_fraction(ii: np.ndarray, x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray]:
     """(skin fraction, in-image pixel count) of integer boxes, clipped to the image."""
     h, w = ii.shape[0] - 1, ii.shape[1] - 1
-    x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
-    y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
+    x0, x1 = np.minimum(np.maximum(x0, 0), w), np.minimum(np.maximum(x1, 0), w)
+    y0, y1 = np.minimum(np.maximum(y0, 0), h), np.minimum(np.maximum(y1, 0), h)
     n = (x1 - x0) * (y1 - y0)
     k = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
     return np.where(n > 0, k / np.maximum(n, 1), np.nan), n
@@ -426,18 +431,23 @@ class WorldFaceDetector:
         s0 = max(width / _HEAD_W, 1.5 * self.min_width)
         sides = s0 * np.exp(np.linspace(np.log(0.7), np.log(1.45), 14))
         cx = 0.5 * (reg.x0 + reg.x1)
-        best_ok, best_score, best_box = [], [], []
+        grids = []
         for s in sides:
             st = max(0.5, s / 32)
             xs = np.arange(cx - 0.75 * s, cx - 0.25 * s + 1e-6, st)
             ys = np.arange(reg.top - 0.6 * s, reg.top - 0.05 * s + 1e-6, st)
             X, Y = np.meshgrid(xs, ys)
-            S = np.full(X.shape, s)
-            # large faces may be tilted (reference photos: +-15 degrees); small scene faces are upright
-            for angle in ((0.0, -11.0, 11.0) if s >= 40 else (0.0,)):
-                ok, score = _score_windows(ii, X, Y, S, angle)
-                if ok.any():
-                    best_ok.append(np.stack([score[ok] - 0.05 * abs(angle) / 11.0, X[ok], Y[ok], S[ok]], 1))
+            grids.append(np.stack([X.ravel(), Y.ravel(), np.full(X.size, s)], 1))
+        g = np.concatenate(grids, 0)
+        X, Y, S = g[:, 0], g[:, 1], g[:, 2]
+        best_ok = []
+        # large faces may be tilted (reference photos: +-15 degrees); small scene faces are upright
+        for angle in ((0.0, -11.0, 11.0) if sides[-1] >= 40 else (0.0,)):
+            sel = np.ones(len(S), bool) if angle == 0.0 else S >= 40
+            ok, score = _score_windows(ii, X[sel], Y[sel], S[sel], angle)
+            if ok.any():
+                best_ok.append(np.stack([score[ok] - 0.05 * abs(angle) / 11.0, X[sel][ok], Y[sel][ok],
+                                         S[sel][ok]], 1))
         if not best_ok:
             return None
         allc = np.concatenate(best_ok, 0)
