@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dhumandiff.data import world as W
-from dhumandiff.errors import CheckpointError, FaceNotFoundError, MultipleFacesError
+from dhumandiff.errors import CheckpointError, FaceNotFoundError, InputImageError, MultipleFacesError
 from dhumandiff.model.faces import get_face_analyzer
 from dhumandiff.model.faces.world import (
     COLOUR_ATTRIBUTES, TinyCLIPVision, WorldAnalyzer, WorldAttributeReader, WorldFaceDetector, WorldIdentityEncoder,
@@ -54,7 +54,7 @@ def _gradient(h=96, w=128) -> np.ndarray:
 
 
 def test_one_face_on_every_reference_view(ids, detector):
-    for ident in ids[::2]:
+    for ident in ids[::3]:
         for view in W.reference_views(ident, 2, seed=3):
             faces = detector.detect(np.asarray(view))
             assert len(faces) == 1, ident
@@ -62,11 +62,11 @@ def test_one_face_on_every_reference_view(ids, detector):
             assert _iou(faces[0].bbox, [0, 0, 112, 112]) > 0.6
 
 
-@pytest.mark.parametrize("size,min_exact", [(64, 15), (128, 16)])
+@pytest.mark.parametrize("size,min_exact", [(64, 11), (128, 12)])
 def test_two_faces_on_scenes(ids, detector, size, min_exact):
     rng = np.random.default_rng(size)
     exact = 0
-    for _ in range(16):
+    for _ in range(12):
         spec = W.sample_scene_spec(ids, rng)
         img, _, kps = W.render_scene(spec, size, rng)
         faces = detector.detect(np.asarray(img))
@@ -116,6 +116,20 @@ def test_refuses_a_face_too_small(analyzer, ids):
     canvas[50:59, 50:59] = small
     with pytest.raises(FaceNotFoundError):
         analyzer.analyze_single(canvas, name="tiny.png")
+
+
+def test_paths_and_unreadable_photos(analyzer, ids, tmp_path):
+    path = tmp_path / "ref.png"
+    W.reference_views(ids[2], 1, seed=4)[0].save(path)
+    assert analyzer.analyze_single(path).embedding.shape == (512,)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(InputImageError, match="broken.jpg"):
+        analyzer.analyze_single(bad)
+    with pytest.raises(InputImageError, match="does not exist"):
+        analyzer.analyze_single(tmp_path / "missing.png")
+    with pytest.raises(FaceNotFoundError, match="no face found in broken-face.png"):
+        analyzer.analyze_single(np.zeros((64, 64, 3), np.uint8), name="broken-face.png")
 
 
 def test_analyze_single_on_a_reference_view(analyzer, ids, encoder):

@@ -39,9 +39,34 @@ class SamplerOutput:
     extras: dict = field(default_factory=dict)
 
 
+class NoiseSource:
+    """The shared noise convention of the reference and the runtimes: ONE ``np.random.default_rng(seed)`` per
+    image, drawing float64 normals cast to float32 — first the initial latents, then each stochastic
+    scheduler step's noise (LCM), in order."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.from_numpy(self.rng.standard_normal(shape, dtype=np.float64).astype(np.float32))
+
+
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The shared noise convention of the reference and the runtimes (float64 draw, cast to float32)."""
-    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    """The first draw of :class:`NoiseSource` (the initial latents before ``init_noise_sigma``)."""
+    return NoiseSource(seed).draw(shape)
+
+
+def scheduler_step(sched, eps: torch.Tensor, t, latents: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
+    """One scheduler step; LCM's re-noising uses ``noise`` (the runtimes' NumPy draw) instead of torch's RNG."""
+    out = sched.step(eps, t, latents)
+    if isinstance(sched, LCMScheduler) and noise is not None:
+        idx = sched.step_index - 1  # step() already advanced it
+        if idx != len(sched.timesteps) - 1:
+            prev_t = sched.timesteps[idx + 1]
+            a_prev = sched.alphas_cumprod[prev_t]
+            return a_prev.sqrt() * out.denoised + (1 - a_prev).sqrt() * noise.draw(tuple(latents.shape))
+        return out.denoised
+    return out.prev_sample
 
 
 def make_scheduler(model: DHumanDiff, sampler: str | None = None):
@@ -98,10 +123,12 @@ class ReferenceSampler:
         h = w = cfg.latent_size
         cond = self.conditions(faces, input_ids, positions, input_ids_2)
         layout_mask = torch.from_numpy(region_mask(boxes, h, w))[None]
-        noise = initial_noise(seed, (1, 4, h, w))
+        source = NoiseSource(seed)
+        noise = source.draw((1, 4, h, w))
         per_pass = 2 if guidance > 1.0 else 1
         if mode == "single":
-            latents, n = self._loop(noise, steps, cond, layout_mask, ip_scale, guidance, sampler, progress)
+            latents, n = self._loop(noise, steps, cond, layout_mask, ip_scale, guidance, sampler, progress,
+                                    source=source)
             return SamplerOutput(self.decode(latents), latents, n * per_pass)
         if mode != "cascade":
             raise ValueError(f"mode must be 'single' or 'cascade', got {mode!r}")
@@ -123,7 +150,7 @@ class ReferenceSampler:
         return SamplerOutput(self.decode(latents), latents, (n1 + 2 * steps) * per_pass, mask,
                              {"stage1_latents": stage1})
 
-    def _loop(self, noise, steps, cond, mask, ip_scale, guidance, sampler, progress, store_last=None):
+    def _loop(self, noise, steps, cond, mask, ip_scale, guidance, sampler, progress, store_last=None, source=None):
         sched = make_scheduler(self.model, sampler)
         sched.set_timesteps(steps)
         latents = noise * sched.init_noise_sigma
@@ -131,7 +158,7 @@ class ReferenceSampler:
             x = sched.scale_model_input(latents, t)
             store = store_last if (store_last is not None and i == len(sched.timesteps) - 1) else None
             eps = self._eps(x, t, cond, mask, ip_scale, guidance, attn_store=store)
-            latents = sched.step(eps, t, latents).prev_sample
+            latents = scheduler_step(sched, eps, t, latents, source)
             if progress:
                 progress(i + 1, steps)
         return latents, len(sched.timesteps)

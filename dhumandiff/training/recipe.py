@@ -73,9 +73,12 @@ def train_model(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, 
         report["resumed_at"] = trainer.resume()
     report.update(trainer.train(_stage_progress(progress, "diffusion")))
     trainer.apply_ema()
-    model.save_pretrained(out_dir / "model")
     report["total_minutes"] = (time.time() - t0) / 60
-    (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
+    report["processes"] = trainer.accelerator.num_processes
+    if trainer.accelerator.is_main_process:  # data-parallel workers hold the same weights: one writes
+        model.save_pretrained(out_dir / "model")
+        (out_dir / "train_report.json").write_text(json.dumps(report, indent=2, default=str))
+    trainer.accelerator.wait_for_everyone()
     return report
 
 
@@ -110,3 +113,33 @@ def _pretrain_tiny_world(model: DHumanDiff, data_dir: str | Path, prep: Path, op
                                   if not k.startswith("_")}
     model.save_pretrained(prep)
     return report
+
+
+def model_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, use_ema: bool = True,
+                          out_dir: str | Path | None = None) -> DHumanDiff:
+    """Rebuild the model of a (possibly killed) run from its newest (or given) checkpoint.
+
+    Starts from the run's ``prepared`` folder (frozen encoders + VAE) and loads the checkpoint's trainable weights
+    (the EMA copy by default, which is what a finished run ships). Saves to ``out_dir`` when given.
+    """
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .trainer import _state, trainable_modules
+
+    run_dir = Path(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise CheckpointError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
+    weights, ema, _, state = load_checkpoint(ckpt)
+    model = DHumanDiff.from_pretrained(run_dir / "prepared")
+    mods = trainable_modules(model, state["config"]["trainable"])
+    mods.load_state_dict(weights, strict=False)
+    if use_ema and ema is not None:
+        params = list({id(p): p for p in mods.parameters()}.values())
+        for i, p in enumerate(params):
+            p.data.copy_(ema[f"ema.{i}"])
+    missing = set(_state(mods)) - set(weights)
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt} lacks {sorted(missing)[:3]}")
+    if out_dir is not None:
+        model.save_pretrained(out_dir)
+    return model.eval()

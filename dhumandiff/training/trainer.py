@@ -149,7 +149,7 @@ class DiffusionTrainer:
         mask = self.masks[idx] if cfg.use_region_masks else None
         pred = m.identity_unet(noisy, t, ctx, ip.flatten(1, 2), mask, 1.0, pooled, m.time_ids(b))
         loss = F.mse_loss(pred.float(), target.float())
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": float(loss.detach())}
 
     def train(self, progress: Callable[[int, int, dict], None] | None = None, until: int | None = None) -> dict:
         """Run to ``config.steps`` (or ``until``, or ``max_minutes``), checkpointing every ``checkpoint_every``."""

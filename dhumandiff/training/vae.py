@@ -34,7 +34,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int =
         loss.backward()
         opt.step()
         sched.step()
-        loss_v = float(loss)
+        loss_v = float(loss.detach())
         if progress is not None:
             progress(step + 1, loss_v)
     vae.eval()
