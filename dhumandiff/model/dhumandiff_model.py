@@ -145,60 +145,97 @@ class DHumanDiff(nn.Module):
     def load_ip_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         strict_load(processor_list(self.unet), state, "ip_adapter")
 
-    def save_pretrained(self, path: str | Path, overwrite: bool = True) -> Path:
-        """Write the model folder atomically (a crash leaves the previous folder or nothing)."""
-        path = Path(path)
+    def save_pretrained(self, path: str | Path, overwrite: bool = True, dtype: torch.dtype | None = None,
+                        base: str | None = None, only: tuple[str, ...] | None = None) -> Path:
+        """Write the model folder atomically (a crash leaves the previous folder or nothing).
+
+        ``dtype=torch.float16`` stores the weights in half precision (what the embedded models ship; they load
+        back as float32). ``base`` + ``only``: write just the listed components and borrow the rest from the
+        ``base`` model folder (a distilled student ships only its UNet beside the full model).
+        """
+        if dtype is not None and dtype != torch.float32:
+            import copy
+
+            return copy.deepcopy(self).to(dtype)._save(Path(path), overwrite, base, only)
+        return self._save(Path(path), overwrite, base, only)
+
+    def _save(self, path: Path, overwrite: bool, base: str | None, only: tuple[str, ...] | None) -> Path:
+        def wanted(name: str) -> bool:
+            return only is None or name in only
+
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            procs = dict(self.unet.attn_processors)
-            self.unet.set_attn_processor(AttnProcessor2_0())
-            try:
-                self.unet.save_pretrained(tmp / "unet")
-            finally:
-                self.unet.set_attn_processor(procs)
-            self.vae.save_pretrained(tmp / "vae")
-            self.text_encoder.save_pretrained(tmp / "text_encoder")
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
-            if self.text_encoder_2 is not None:
-                self.text_encoder_2.save_pretrained(tmp / "text_encoder_2")
-                self.tokenizer_2.save_pretrained(tmp / "tokenizer_2")
-            self.image_encoder.save_pretrained(tmp / "image_encoder")
-            for name in ("resampler", "face_proj", "subject_mlp"):
-                getattr(self, name).save_pretrained(tmp / name)
-            (tmp / "ip_adapter").mkdir()
-            save_file(self.ip_state_dict(), str(tmp / "ip_adapter" / "model.safetensors"))
-            if self.identity_encoder is not None:
-                self.identity_encoder.save_pretrained(tmp / "identity_encoder")
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
+            if wanted("unet"):
+                procs = dict(self.unet.attn_processors)
+                self.unet.set_attn_processor(AttnProcessor2_0())
+                try:
+                    self.unet.save_pretrained(tmp / "unet")
+                finally:
+                    self.unet.set_attn_processor(procs)
+            parts = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
+                     "text_encoder_2": self.text_encoder_2, "tokenizer_2": self.tokenizer_2,
+                     "image_encoder": self.image_encoder, "resampler": self.resampler, "face_proj": self.face_proj,
+                     "subject_mlp": self.subject_mlp, "identity_encoder": self.identity_encoder}
+            for name, part in parts.items():
+                if part is not None and wanted(name):
+                    part.save_pretrained(tmp / name)
+            if wanted("ip_adapter"):
+                (tmp / "ip_adapter").mkdir()
+                save_file(self.ip_state_dict(), str(tmp / "ip_adapter" / "model.safetensors"))
+            config = self.config.to_dict()
+            if base is not None:
+                config["base"] = base
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "DHumanDiff":
-        """Load a folder written by :meth:`save_pretrained`; strict about every weight."""
+        """Load a folder written by :meth:`save_pretrained` as float32; strict about every weight.
+
+        A folder with a ``base`` entry takes the components it lacks from that model folder (a path relative to
+        the folder's parent, or an absolute one).
+        """
         path = Path(path)
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise CheckpointError(f"{path} is not a dhumandiff model folder (no {CONFIG_NAME}); pass a folder made "
                                   f"by `dhumandiff train` or `dhumandiff convert official`")
-        cfg = BackboneConfig.from_dict(json.loads(cfg_file.read_text()))
+        raw = json.loads(cfg_file.read_text())
+        base = raw.pop("base", None)
+        cfg = BackboneConfig.from_dict(raw)
+        base_dir = (path.parent / base) if base else None
+
+        def part(sub: str) -> Path:
+            if (path / sub).is_dir():
+                return path / sub
+            if base_dir is not None and (base_dir / sub).is_dir():
+                return base_dir / sub
+            raise CheckpointError(f"model folder {path} is missing {sub}/: re-run the export or conversion")
+
         for sub in ["unet", "vae", "text_encoder", "tokenizer", "image_encoder", "resampler", "face_proj",
                     "subject_mlp", "ip_adapter"]:
-            if not (path / sub).is_dir():
-                raise CheckpointError(f"model folder {path} is missing {sub}/: re-run the export or conversion")
+            part(sub)
+        f32 = {"torch_dtype": torch.float32}  # diffusers' spelling
+        f32t = {"dtype": torch.float32}  # transformers' spelling
         kw: dict[str, Any] = {}
-        if (path / "text_encoder_2").is_dir():
-            kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2")
-            kw["tokenizer_2"] = load_tokenizer(path / "tokenizer_2")
-        if (path / "identity_encoder").is_dir():
+        if cfg.text_encoder_2 is not None:
+            kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(part("text_encoder_2"), **f32t)
+            kw["tokenizer_2"] = load_tokenizer(part("tokenizer_2"))
+        has_identity = (path / "identity_encoder").is_dir() or (base_dir is not None
+                                                                and (base_dir / "identity_encoder").is_dir())
+        if has_identity:
             from .faces.world import WorldIdentityEncoder
 
-            kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(path / "identity_encoder")
-        model = cls(cfg, UNet2DConditionModel.from_pretrained(path / "unet"),
-                    AutoencoderKL.from_pretrained(path / "vae"), CLIPTextModel.from_pretrained(path / "text_encoder"),
-                    CLIPVisionModel.from_pretrained(path / "image_encoder"),
-                    Resampler.from_pretrained(path / "resampler"), FaceProjPlus.from_pretrained(path / "face_proj"),
-                    SubjectMLP.from_pretrained(path / "subject_mlp"), load_tokenizer(path / "tokenizer"), **kw)
-        model.load_ip_state_dict(load_file(str(path / "ip_adapter" / "model.safetensors")))
-        return model.eval()
+            kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(part("identity_encoder"), **f32)
+        model = cls(cfg, UNet2DConditionModel.from_pretrained(part("unet"), **f32),
+                    AutoencoderKL.from_pretrained(part("vae"), **f32),
+                    CLIPTextModel.from_pretrained(part("text_encoder"), **f32t),
+                    CLIPVisionModel.from_pretrained(part("image_encoder"), **f32t),
+                    Resampler.from_pretrained(part("resampler"), **f32),
+                    FaceProjPlus.from_pretrained(part("face_proj"), **f32),
+                    SubjectMLP.from_pretrained(part("subject_mlp"), **f32), load_tokenizer(part("tokenizer")), **kw)
+        model.load_ip_state_dict({k: v.float() for k, v in
+                                  load_file(str(part("ip_adapter") / "model.safetensors")).items()})
+        return model.float().eval()
 
 
 def strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
