@@ -171,9 +171,9 @@ def test_tiny_clip_vision_penultimate_features():
 
 
 def test_train_world_encoders_tiny_run(tmp_path):
-    ids = W.make_identities(20, 1)
-    m = train_world_encoders(tmp_path / "faces", identities=ids, steps=3, batch=12, views=2, scenes=12,
-                             eval_scenes=3, threads=1)
+    ids = W.make_identities(15, 1)
+    m = train_world_encoders(tmp_path / "faces", identities=ids, steps=2, batch=8, views=1, scenes=8,
+                             eval_scenes=2, threads=1)
     for key in ("scene_vs_ref_same_cos", "scene_vs_ref_diff_cos", "verification_acc", "attr_acc_mean",
                 "seconds_total"):
         assert key in m
@@ -181,10 +181,19 @@ def test_train_world_encoders_tiny_run(tmp_path):
         folder = tmp_path / "faces" / sub
         assert (folder / "config.json").is_file()
         assert any(p.suffix == ".safetensors" for p in folder.iterdir())
-    assert json.loads((tmp_path / "faces" / "metrics.json").read_text())["steps"] == 3
+    assert json.loads((tmp_path / "faces" / "metrics.json").read_text())["steps"] == 2
     analyzer = get_face_analyzer("world", encoder=tmp_path / "faces")
     face = analyzer.analyze_single(np.asarray(W.reference_views(ids[0], 1, seed=0)[0]))
     assert face.embedding.shape == (512,)
+
+
+def test_train_the_evaluator_arch_b(tmp_path):
+    m = train_world_encoders(tmp_path / "eval", identities=W.make_identities(10, 2), steps=2, batch=8, views=1,
+                             scenes=6, eval_scenes=2, arch="b", threads=1)
+    assert m["arch"] == "b" and m["clip_steps"] == 0
+    assert not (tmp_path / "eval" / "image_encoder").exists()
+    enc = WorldIdentityEncoder.from_pretrained(tmp_path / "eval" / "identity_encoder")
+    assert enc.config.arch == "b"
 
 
 def test_world_analyzer_needs_an_encoder(tmp_path):
