@@ -10,6 +10,7 @@ This module adds what a user-facing layout needs on top: parsing, pixel units, a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -143,7 +144,12 @@ def region_mask(layout: Layout, latent_size: tuple[int, int]) -> np.ndarray:
 
 
 def parse_layout(text: str, image_size: tuple[int, int] | None = None) -> Layout:
-    """Parse ``--layout``: ``[[x0,y0,x1,y1],[x0,y0,x1,y1]]`` or ``{"person_a": [...], "person_b": [...]}``."""
+    """Parse ``--layout``: ``auto``, ``[[x0,y0,x1,y1],[x0,y0,x1,y1]]``, ``{"person_a": [...], "person_b": [...]}``,
+    or the path of a JSON file holding either."""
+    if isinstance(text, str) and text.strip().lower() in ("", "auto", "automatic"):
+        return automatic_layout()
+    if isinstance(text, str) and not text.lstrip().startswith(("[", "{")) and Path(text).is_file():
+        text = Path(text).read_text()
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, TypeError) as e:
