@@ -294,8 +294,6 @@ def check_chunks(original: str | Path, chunks: list[str | Path]) -> dict[str, An
     add up to the original's, plus the fp32/fp16 casts at each crossing; every original weight appears in a
     chunk with identical values, and the chunks hold no weight the original lacks. Returns the numbers.
     """
-    from coremltools.converters.mil.mil import types  # noqa: F401  (import check: coremltools is needed)
-
     oprog, ospec = load_program(original)
     o_in, o_out = _io(ospec)
     available = dict(o_in)
