@@ -216,9 +216,11 @@ def world_faces(seed: int = 0) -> tuple[Any, Any, tuple[str, str]]:
 def _face_input(model: DHumanDiff, image: Any, identity: Any):
     """One person's reference conditioning from the runtime's own preprocessing of the same photo."""
     from ..model.face_inputs import FaceInput
+    from ..runtimes.faces import FaceCropper
     from ..runtimes.imageio import preprocess_clip, preprocess_face, square_resize, to_rgb
 
     cfg = model.config
+    image = FaceCropper(identity)(image)  # the bundle's detector and crop, as the runtime applies them
     face = preprocess_face(image, cfg.face_size, identity.arcface_mean, identity.arcface_std)
     with torch.no_grad():
         emb = get_spec("identity_encoder").build(model).eval()(torch.from_numpy(face))[0].numpy()

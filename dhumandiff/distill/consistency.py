@@ -142,6 +142,7 @@ class ConsistencyDistiller:
             target = self._student_denoise(self.target, x_prev, t_prev, cond)
         return torch.mean(torch.sqrt((pred.float() - target.float()) ** 2 + cfg.huber_c**2) - cfg.huber_c)
 
+    @torch.enable_grad()
     def train(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
         cfg = self.cfg
         t0 = time.time()

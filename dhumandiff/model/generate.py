@@ -38,7 +38,6 @@ class Portrait:
 
 def load_model(name_or_path: str | None = None) -> DHumanDiff:
     """The embedded default (``tiny``), another embedded model, or a model folder."""
-    torch.set_grad_enabled(False)
     model = DHumanDiff.from_pretrained(resolve_model(name_or_path))
     model.config.defaults.update(model_overrides(name_or_path))
     return model
@@ -94,6 +93,7 @@ def parse_layout(layout: str | os.PathLike | list | dict | None) -> np.ndarray:
     return boxes.astype(np.float32)
 
 
+@torch.no_grad()
 def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyzer: FaceAnalyzer | None = None,
                       steps: int | None = None, seed: int = 0, guidance: float | None = None,
                       ip_scale: float | None = None, mode: str = "single", layout=None,

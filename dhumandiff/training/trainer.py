@@ -151,6 +151,7 @@ class DiffusionTrainer:
         loss = F.mse_loss(pred.float(), target.float())
         return loss, {"loss": float(loss.detach())}
 
+    @torch.enable_grad()
     def train(self, progress: Callable[[int, int, dict], None] | None = None, until: int | None = None) -> dict:
         """Run to ``config.steps`` (or ``until``, or ``max_minutes``), checkpointing every ``checkpoint_every``."""
         cfg, acc = self.cfg, self.accelerator
