@@ -53,7 +53,7 @@ def _gradient(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case,code,needle", [
-    ("missing", 3, "not found"),
+    ("missing", 3, "does not exist"),
     ("zero_bytes", 3, "empty"),
     ("not_an_image", 3, "not an image"),
     ("truncated", 3, "corrupt or truncated"),

@@ -54,7 +54,7 @@ def test_train_then_eval_from_the_cli(prepared):
 def test_same_script_under_accelerate_launch_with_two_processes(prepared):
     tmp, world, init, _ = prepared
     out = tmp / "ddp"
-    res = _run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    res = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "-m", "dhumandiff.cli.main", "train", "--data", str(world), "--out", str(out), "--init", str(init),
                 "--steps", "2", "--batch-size", "2", "--checkpoint-every", "2"])

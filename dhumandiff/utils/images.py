@@ -36,7 +36,7 @@ def load_rgb(source: str | os.PathLike | bytes | np.ndarray | Image.Image, name:
     path = Path(source)
     label = name or str(path)
     if not path.exists():
-        raise InputImageError(f"{label}: file not found; check the path")
+        raise InputImageError(f"{label} does not exist; check the path")
     if path.is_dir():
         raise InputImageError(f"{label} is a folder, not an image file")
     if path.stat().st_size == 0:

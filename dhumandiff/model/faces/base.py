@@ -115,20 +115,13 @@ def as_rgb_uint8(image: Any, name: str = "the photo") -> np.ndarray:
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo as HxWx3 RGB uint8 (EXIF rotation applied); :class:`InputImageError` if it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Read a photo as HxWx3 RGB uint8, upright; :class:`InputImageError` if it cannot be read.
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"photo {path} does not exist: check the path")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputImageError(f"cannot read {path} as an image ({exc.__class__.__name__}): pass a JPEG or PNG "
-                              f"photo") from None
+    The one loader of the project (``dhumandiff.utils.images``), so every entry point refuses the same files.
+    """
+    from ...utils.images import load_rgb as _load_rgb
+
+    return _load_rgb(path)
 
 
 def square_crop(image: np.ndarray, bbox, size: int, context: float = 1.0) -> np.ndarray:
