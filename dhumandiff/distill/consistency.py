@@ -11,13 +11,11 @@ through diffusers' ``LCMScheduler``, whose boundary scalings are the same formul
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from ..model.dhumandiff_model import DHumanDiff

@@ -51,11 +51,6 @@ class NoiseSource:
         return torch.from_numpy(self.rng.standard_normal(shape, dtype=np.float64).astype(np.float32))
 
 
-def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The first draw of :class:`NoiseSource` (the initial latents before ``init_noise_sigma``)."""
-    return NoiseSource(seed).draw(shape)
-
-
 def scheduler_step(sched, eps: torch.Tensor, t, latents: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
     """One scheduler step; LCM's re-noising uses ``noise`` (the runtimes' NumPy draw) instead of torch's RNG."""
     out = sched.step(eps, t, latents)

@@ -123,7 +123,7 @@ def model_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = N
     (the EMA copy by default, which is what a finished run ships). Saves to ``out_dir`` when given.
     """
     from .checkpoint import latest_checkpoint, load_checkpoint
-    from .trainer import _state, trainable_modules
+    from .trainer import _state, trainable_modules, trainable_parameters
 
     run_dir = Path(run_dir)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
@@ -134,8 +134,7 @@ def model_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = N
     mods = trainable_modules(model, state["config"]["trainable"])
     mods.load_state_dict(weights, strict=False)
     if use_ema and ema is not None:
-        params = list({id(p): p for p in mods.parameters()}.values())
-        for i, p in enumerate(params):
+        for i, p in enumerate(trainable_parameters(mods)):
             p.data.copy_(ema[f"ema.{i}"])
     missing = set(_state(mods)) - set(weights)
     if missing:

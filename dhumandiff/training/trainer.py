@@ -9,7 +9,6 @@ installed, TensorBoard.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from pathlib import Path
@@ -37,6 +36,11 @@ def trainable_modules(model: DHumanDiff, mode: str) -> torch.nn.ModuleDict:
     elif mode != "adapters":
         raise ValueError(f"trainable must be 'all' or 'adapters', got {mode!r}")
     return torch.nn.ModuleDict(mods)
+
+
+def trainable_parameters(mods: torch.nn.ModuleDict) -> list[torch.nn.Parameter]:
+    """Each trainable parameter once, in a fixed order (the EMA's shadow list is stored in this order)."""
+    return list({id(p): p for p in mods.parameters()}.values())
 
 
 def _state(mods: torch.nn.ModuleDict) -> dict[str, torch.Tensor]:
@@ -70,7 +74,7 @@ class DiffusionTrainer:
             p.requires_grad_(True)
         if config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
-        params = list({id(p): p for p in self.modules.parameters()}.values())
+        params = trainable_parameters(self.modules)
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warm = max(1, config.warmup_steps)
@@ -231,8 +235,3 @@ def _tensorboard(path: Path):
         return None
     return SummaryWriter(str(path))
 
-
-def write_json(path: Path, data: dict) -> None:
-    from ..utils.atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=2))

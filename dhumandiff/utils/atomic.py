@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 
 def _default_mode(is_dir: bool) -> int:
@@ -102,9 +102,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             h.update(block)
     return h.hexdigest()
 
-
-def save_with(target: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` and move the result onto ``target`` atomically. Returns ``target``."""
-    with atomic_path(target) as tmp:
-        writer(tmp)
-    return Path(target)
