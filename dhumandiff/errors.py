@@ -13,6 +13,10 @@ class DHumanDiffError(Exception):
     exit_code = 1
 
 
+class SettingsError(DHumanDiffError):
+    """A generation setting (steps, seed, sampler, mode, precision) is out of range. Exit code 1."""
+
+
 class InputImageError(DHumanDiffError):
     """An input photo cannot be read (missing, corrupt, truncated, not an image, too large)."""
 

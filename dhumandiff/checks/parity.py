@@ -69,6 +69,12 @@ class EndToEndResult:
     prompt: str
     boxes: list[list[float]]
     failures: list[str]
+    #: Quantised bundles only: each generated person's similarity to its reference photo (evaluator encoder), in
+    #: the bundle's image and in the fp32 reference image, the largest difference and the budget for it.
+    identity_similarity: list[float] | None = None
+    identity_similarity_reference: list[float] | None = None
+    identity_delta: float | None = None
+    identity_max_delta: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -87,6 +93,10 @@ class ParityReport:
     source_model: str | None
     components: list[ComponentResult] = field(default_factory=list)
     end_to_end: EndToEndResult | None = None
+    #: The variant a quantised bundle records (mode, excluded layers, budget); None for float bundles.
+    quantization: dict[str, Any] | None = None
+    #: What ran the bundle's graphs (the runtime adapter's providers, or the weights-only stand-in).
+    runner: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -129,10 +139,70 @@ def _finite(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ budget
 
 
+def _raw_manifest(bundle_root: Path) -> dict[str, Any]:
+    return json.loads((bundle_root / "bundle.json").read_text(encoding="utf-8"))
+
+
 def _raw_budget(bundle_root: Path) -> dict[str, Any]:
     """The budget as written (the runtime's manifest reader keeps only the fields the runtimes need)."""
-    raw = json.loads((bundle_root / "bundle.json").read_text(encoding="utf-8"))
-    return dict(raw.get("budget") or {})
+    return dict(_raw_manifest(bundle_root).get("budget") or {})
+
+
+def quantization_budget(bundle_root: Path) -> dict[str, Any] | None:
+    """A quantised bundle's recorded variant (``quantization`` in ``bundle.json``), or None for a float one."""
+    section = _raw_manifest(bundle_root).get("quantization")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("budget"), dict) \
+            or "psnr_db" not in section["budget"] or "identity_delta" not in section["budget"]:
+        raise BundleError("bundle.json: 'quantization.budget' must hold psnr_db and identity_delta; re-export the "
+                          "bundle with `dhumandiff export ... --quantize`")
+    return section
+
+
+def default_evaluator(model: DHumanDiff, analyzer: Any) -> Any:
+    """The identity judge for quantised bundles: for tiny-world models the world's second encoder (another
+    architecture and seed than the one the model was trained against, as ``dhumandiff eval`` uses); otherwise
+    the face analyzer itself."""
+    from ..model.faces.base import get_face_analyzer
+    from ..model.faces.world import WorldIdentityEncoder
+    from ..model.registry import ASSETS
+
+    if isinstance(model.identity_encoder, WorldIdentityEncoder):
+        return get_face_analyzer("world", encoder=ASSETS.parent / "evaluators" / "world-b")
+    return analyzer
+
+
+def identity_similarity(evaluator: Any, images: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                        boxes: np.ndarray) -> list[list[float]]:
+    """Per image, the cosine of each generated person's face to that person's reference photo.
+
+    The face of each person is located once, in ``images[0]`` (the fp32 reference image: the detector inside the
+    person's box, else the whole box), and that same crop is embedded in every image: the comparison measures
+    how the face's pixels changed, not whether a detector on a 64-pixel image happened to fire in both.
+    """
+    from ..model.faces.base import Face, l2_normalize
+
+    targets = [np.asarray(evaluator.analyze_single(np.ascontiguousarray(r), name="reference photo").embedding,
+                          np.float32).reshape(-1) for r in references]
+    h, w = images[0].shape[:2]
+    crops = []
+    for box in boxes:
+        x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
+        rect = (max(x0, 0), max(y0, 0), max(x1, x0 + 1), max(y1, y0 + 1))
+        region = np.ascontiguousarray(images[0][rect[1]:rect[3], rect[0]:rect[2]])
+        faces = evaluator.detect(region)
+        face = max(faces, key=lambda f: f.area) if faces else Face(bbox=[0, 0, region.shape[1], region.shape[0]])
+        crops.append((rect, Face(bbox=list(face.bbox))))
+    out = []
+    for image in images:
+        sims = []
+        for (rect, face), target in zip(crops, targets):
+            region = np.ascontiguousarray(image[rect[1]:rect[3], rect[0]:rect[2]])
+            got = l2_normalize(np.asarray(evaluator.embed(region, face), np.float32)).reshape(-1)
+            sims.append(float(np.dot(got, target)))
+        out.append(sims)
+    return out
 
 
 def component_tolerance(budget: dict[str, Any], name: str, precision: str) -> Tolerance:
@@ -245,11 +315,17 @@ def person_embedding(analyzer: Any, image: np.ndarray, box: Sequence[float]) -> 
 def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: dict[str, Any], *,
                       device: str = "cpu", seed: int = 0, steps: int | None = None, faces: Sequence[Any] | None = None,
                       prompt: str | None = None, person_words: tuple[str, str] | None = None,
-                      analyzer: Any = None) -> EndToEndResult:
-    """Generate the same portrait with the torch reference and with the bundle, and compare them."""
+                      analyzer: Any = None, quantization: dict[str, Any] | None = None,
+                      evaluator: Any = None, runner: Any = None) -> EndToEndResult:
+    """Generate the same portrait with the torch reference and with the bundle, and compare them.
+
+    A quantised bundle (``quantization``, its recorded variant) is held to its own budget: PSNR against the
+    fp32 reference image (which fp32 bundles reproduce to float rounding), and each generated person's
+    similarity to its reference photo, judged by ``evaluator`` (:func:`default_evaluator`), within
+    ``identity_delta`` of the fp32 image's. ``runner`` replaces the runtime adapter (weights-only checks).
+    """
     from ..model.generate import default_analyzer
     from ..model.sampler import ReferenceSampler
-    from ..runtimes import load_bundle
     from ..runtimes.imageio import load_image
     from ..utils.prompt import person_positions
 
@@ -276,7 +352,7 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
                                          mode="single", sampler=manifest.defaults.sampler)
     reference = np.round(out.image.numpy().transpose(1, 2, 0) * 255.0).astype(np.uint8)
 
-    generator = load_bundle(bundle, device=device, runtime=manifest.runtime)
+    generator = _generator(bundle, manifest, device, runner)
     result = generator(images[0], images[1], prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale,
                        seed=seed, layout=json.dumps(boxes.tolist()), person_words=person_words)
     produced = np.asarray(result.image.convert("RGB"), dtype=np.uint8)
@@ -296,13 +372,44 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
     fallback = END_TO_END_BUDGETS.get(manifest.precision, END_TO_END_BUDGETS["fp16"])
     min_psnr = float(budget.get("end_to_end_psnr_db", fallback["end_to_end_psnr_db"]))
     min_ident = float(budget.get("identity_min_cosine", fallback["identity_min_cosine"]))
+    if quantization is not None:
+        min_psnr = float(quantization["budget"]["psnr_db"])
     failures = []
     if psnr < min_psnr:
         failures.append(f"image PSNR {psnr:.1f} dB < {min_psnr} dB")
     for who, c in zip(("person a", "person b"), ident):
         if not math.isfinite(c) or c < min_ident:
             failures.append(f"{who} face similarity {c:.4f} < {min_ident}")
-    return EndToEndResult(psnr, ident, min_psnr, min_ident, steps, seed, guidance, prompt, boxes.tolist(), failures)
+    result = EndToEndResult(psnr, ident, min_psnr, min_ident, steps, seed, guidance, prompt, boxes.tolist(), failures)
+    if quantization is not None:
+        judge = evaluator if evaluator is not None else default_evaluator(model, analyzer)
+        photos = [np.asarray(img.convert("RGB")) for img in images]
+        ref_sim, got_sim = identity_similarity(judge, [reference, produced], photos, boxes)
+        delta = max(abs(a - b) for a, b in zip(got_sim, ref_sim))
+        max_delta = float(quantization["budget"]["identity_delta"])
+        result.identity_similarity, result.identity_similarity_reference = got_sim, ref_sim
+        result.identity_delta, result.identity_max_delta = delta, max_delta
+        if not math.isfinite(delta) or delta > max_delta:
+            failures.append(f"identity similarity differs from the fp32 image's by {delta:.4f} > {max_delta} "
+                            f"(bundle {', '.join(f'{v:.4f}' for v in got_sim)}; fp32 "
+                            f"{', '.join(f'{v:.4f}' for v in ref_sim)})")
+    return result
+
+
+def _generator(bundle: Path, manifest: Any, device: str, runner: Any = None) -> Any:
+    """The bundle's own generator (NumPy sampler + runtime adapter), or the same sampler over ``runner``."""
+    from ..runtimes import load_bundle
+
+    if runner is None:
+        return load_bundle(bundle, device=device, runtime=manifest.runtime)
+    from ..runtimes.generator import BundleGenerator
+    from ..runtimes.tokenizer import PromptTokenizer
+
+    root = Path(manifest.root)
+    tok = PromptTokenizer.from_spec(root / manifest.tokenizer.file, manifest.tokenizer)
+    tok2 = (PromptTokenizer.from_spec(root / manifest.tokenizer_2.file, manifest.tokenizer_2)
+            if manifest.tokenizer_2 else None)
+    return BundleGenerator(manifest, runner, tok, tok2)
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -312,12 +419,16 @@ def run_parity(bundle_path: str | Path, model: DHumanDiff | str | Path | None = 
                device: str = "cpu", seed: int = 0, steps: int | None = None, *, report: str | Path | None = None,
                end_to_end: bool = True, faces: Sequence[Any] | None = None, prompt: str | None = None,
                person_words: tuple[str, str] | None = None, analyzer: Any = None,
-               strict: bool = True) -> ParityReport:
+               strict: bool = True, evaluator: Any = None, weights_only: bool = False) -> ParityReport:
     """Measure a bundle against its torch reference; write ``report`` (JSON) if given.
 
     ``model``: a loaded model, a model name/folder, or ``None`` for the bundle's recorded ``source_model``.
     ``faces``: two photos (paths/images); default: two tiny-world faces. With ``strict`` (the default) a bundle
     outside its budget raises :class:`ParityError` after the report is written (the CLI's non-zero exit).
+    A quantised bundle is held to the budget its ``quantization`` section records; ``evaluator`` judges its
+    identity similarity (default: :func:`default_evaluator`). ``weights_only`` (Core ML bundles, where Core ML
+    cannot run, i.e. off macOS): the graphs are run as the torch wrappers holding the bundle's exact
+    (decompressed) weights, through the same NumPy sampler — the weights' fidelity, with float32 activations.
     """
     from ..runtimes.adapters import make_runner
     from ..runtimes.manifest import load_manifest
@@ -326,14 +437,27 @@ def run_parity(bundle_path: str | Path, model: DHumanDiff | str | Path | None = 
     manifest = load_manifest(bundle, runtime=runtime)
     ref, source = load_reference(manifest, model)
     budget = _raw_budget(manifest.root)
-    result = ParityReport(str(bundle), manifest.runtime, device, manifest.precision, manifest.backbone, source)
-    runner = make_runner(manifest.runtime, manifest.components, manifest.root, device=device,
-                         precision=manifest.precision)
+    quantization = quantization_budget(manifest.root)
+    result = ParityReport(str(bundle), manifest.runtime, device, manifest.precision, manifest.backbone, source,
+                          quantization=None if quantization is None else
+                          {k: quantization.get(k) for k in ("mode", "components", "excluded_layers", "budget")})
+    if weights_only:
+        if manifest.runtime != "coreml":
+            raise DHumanDiffError(f"--weights-only checks Core ML bundles where Core ML cannot run; this bundle is "
+                                  f"for {manifest.runtime}, which runs here: drop --weights-only")
+        from ..export.quantize_coreml import DecompressedRunner
+
+        runner = DecompressedRunner(ref, manifest.root, manifest.components)
+    else:
+        runner = make_runner(manifest.runtime, manifest.components, manifest.root, device=device,
+                             precision=manifest.precision)
+    result.runner = list(runner.providers)
     result.components = component_parity(manifest, ref, runner, budget, seed)
     if end_to_end:
         result.end_to_end = end_to_end_parity(bundle, manifest, ref, budget, device=device, seed=seed, steps=steps,
                                               faces=faces, prompt=prompt, person_words=person_words,
-                                              analyzer=analyzer)
+                                              analyzer=analyzer, quantization=quantization, evaluator=evaluator,
+                                              runner=runner if weights_only else None)
     if report is not None:
         result.write(report)
     if strict and not result.passed:

@@ -28,11 +28,13 @@ def synth(out: Path = typer.Option(..., "--out", help="Folder to create (PairHum
 @data_app.command("check")
 def check(folder: Path = typer.Argument(..., help="A PairHuman-format folder.")) -> None:
     """Validate every annotation and image of a folder; exit 1 if any record is bad."""
+    from rich.markup import escape
+
     from ..data.check import check_folder
 
     report = check_folder(folder)
     for file, message in report.problems:
-        err_console.print(f"[red]bad[/] {file}: {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]bad[/] {escape(f'{file}: {message}')}", highlight=False, soft_wrap=True)
     console.print(f"{report.ok_count} records ok, {len(report.problems)} problems")
     if report.problems:
         raise typer.Exit(1)

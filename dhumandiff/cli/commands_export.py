@@ -11,10 +11,14 @@ from typing import Callable
 
 import typer
 
+from .commands_calibrate import CALIBRATION_HELP, QUANTIZE_HELP, quantize_options
 from .console import console, progress_bar
 
 export_app = typer.Typer(no_args_is_help=True,
                          help="Export a model as a bundle (graphs + tokenizer + bundle.json) for one runtime.")
+
+BATCH_HELP = ("Folder of model folders: export each to OUT/<name>, with progress and a summary table; a re-run "
+              "skips bundles whose source and options are unchanged (sha256 in bundle.json).")
 
 RUNTIME_HELP = {
     "onnx": "Export MODEL as ONNX graphs (opset 17) for onnxruntime (CPU, CUDA, CoreML, OpenVINO providers).",
@@ -51,8 +55,19 @@ def _export_command(runtime: str) -> Callable[..., None]:
         dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch/height/width axes on the UNet and "
                                                                "VAE decoder (default: static shapes)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+        batch: Path = typer.Option(None, "--batch", help=BATCH_HELP),
+        quantize: str = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
+        calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+        keep_float: int = typer.Option(None, "--keep-float", help="Keep the N most sensitive UNet layers float "
+                                                                  "(default: those under the analysis threshold)."),
+        group_size: int = typer.Option(64, "--group-size", help="int4-weights: weights per scale."),
+        symmetric: bool = typer.Option(False, "--symmetric", help="openvino int8/int4 weights: symmetric (SYM)."),
     ) -> None:
-        _export(runtime, model, out, precision, dynamic, overwrite)
+        q = quantize_options(quantize, calibration, batch=batch, keep_float=keep_float, group_size=group_size,
+                             symmetric=symmetric)
+        if batch is not None:
+            return _export_batch(runtime, model, batch, out, precision, dynamic, overwrite)
+        _export(runtime, model, out, precision, dynamic, overwrite, quantization=q)
 
     command.__name__ = f"export_{runtime}"
     return command
@@ -67,26 +82,61 @@ def _coreml_command() -> Callable[..., None]:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
         attention: str = typer.Option("split_einsum", "--attention",
                                       help="UNet attention: split_einsum (Neural Engine) or original (GPU)."),
+        batch: Path = typer.Option(None, "--batch", help=BATCH_HELP),
+        quantize: str = typer.Option(None, "--quantize", help=QUANTIZE_HELP),
+        calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+        keep_float: int = typer.Option(None, "--keep-float", help="Keep the N most sensitive UNet layers fp16 "
+                                                                  "(default: those under the analysis threshold)."),
+        avg_bits: float = typer.Option(6.0, "--avg-bits", help="mixed-bit: target average bits of the UNet."),
     ) -> None:
         from ..export.coreml_export import coreml_settings
 
+        q = quantize_options(quantize, calibration, batch=batch, keep_float=keep_float, avg_bits=avg_bits)
         with coreml_settings(attention=attention):
-            _export("coreml", model, out, precision, False, overwrite)
+            if batch is not None:
+                return _export_batch("coreml", model, batch, out, precision, False, overwrite,
+                                     {"attention": attention})
+            _export("coreml", model, out, precision, False, overwrite, quantization=q)
 
     return export_coreml
 
 
-def _export(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool) -> None:
+def _export(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
+            quantization=None) -> None:
+    label = precision if quantization is None else f"{precision} -> {quantization.mode}"
+    with progress_bar(f"export {runtime} {label}") as update:
+        path = _export_model(runtime, model, out, precision, dynamic, overwrite, update, quantization)
+    console.print(f"wrote {path}")
+
+
+def _export_model(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
+                  progress: Callable[..., None], quantization=None) -> Path:
+    """Load one model and export it (what a single export and each item of a ``--batch`` run do)."""
     from ..export.bundle import export_bundle
-    from ..export.specs import components_for
     from ..model.generate import load_model
 
     source = _source_name(model)
     m = load_model(model)
-    with progress_bar(f"export {runtime} {precision}", total=len(components_for(m)) + 1) as update:
-        path = export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=update,
-                             source_model=source)
-    console.print(f"wrote {path}")
+    return export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=progress,
+                         source_model=source, quantization=quantization)
+
+
+def _export_batch(runtime: str, model: str, batch: Path, out: Path, precision: str, dynamic: bool,
+                  overwrite: bool, extra_options: dict | None = None) -> None:
+    """Every model folder in ``batch`` -> ``out/<name>``, resumable (see ``dhumandiff/export/batch.py``)."""
+    from ..export.batch import find_sources, is_model_folder, model_base
+    from .batch_view import batch_items, run_cli_batch
+
+    if model != "tiny":
+        from ..errors import DHumanDiffError
+
+        raise DHumanDiffError("give either a MODEL or --batch FOLDER, not both")
+    items = batch_items(find_sources(batch, is_model_folder, "model folder (dhumandiff.json)"), out, model_base)
+    options = {"runtime": runtime, "precision": precision, "dynamic": dynamic, **(extra_options or {})}
+    run_cli_batch(items, lambda item, progress: _export_model(runtime, str(item.source), item.out, precision,
+                                                              dynamic, True, progress),
+                  kind="bundle", options=options, overwrite=overwrite,
+                  title=f"export {runtime} {precision}: {batch} -> {out}")
 
 
 def parity(
@@ -104,6 +154,8 @@ def parity(
     face_root: Path = typer.Option(None, "--face-root", help="insightface models folder (offline)."),
     end_to_end: bool = typer.Option(True, "--end-to-end/--components-only",
                                     help="Also generate one portrait with both and compare the images."),
+    weights_only: bool = typer.Option(False, "--weights-only", help="Core ML bundles off macOS: run the graphs as "
+                                      "torch with the bundle's exact (decompressed) weights."),
 ) -> None:
     """Compare a bundle with its PyTorch source: per component and end to end, against the bundle's budget."""
     from ..checks.parity import run_parity
@@ -121,7 +173,8 @@ def parity(
     report = report or bundle.resolve().with_name(f"{bundle.resolve().name}.parity.json")
     try:
         result = run_parity(bundle, model=model, device=device, seed=seed, steps=steps, report=report,
-                            end_to_end=end_to_end, faces=faces, prompt=prompt, analyzer=analyzer)
+                            end_to_end=end_to_end, faces=faces, prompt=prompt, analyzer=analyzer,
+                            weights_only=weights_only)
         failed = None
     except ParityError as exc:
         result, failed = getattr(exc, "report", None), exc
@@ -148,8 +201,11 @@ def _print(result) -> None:
     e = result.end_to_end
     if e is not None:
         ident = ", ".join(f"{v:.4f}" for v in e.identity_cosine)
-        table.add_row("end to end", "-", f"faces {ident}", f"{e.psnr_db:.1f}",
-                      f"psnr>={e.min_psnr_db} faces>={e.identity_min_cosine}",
+        gate = f"psnr>={e.min_psnr_db} faces>={e.identity_min_cosine}"
+        if e.identity_delta is not None:
+            ident += f"; id Δ {e.identity_delta:.4f}"
+            gate += f" id Δ<={e.identity_max_delta}"
+        table.add_row("end to end", "-", f"faces {ident}", f"{e.psnr_db:.1f}", gate,
                       "[green]yes[/]" if e.passed else "[red]no[/]")
     console.print(table)
     if not result.passed:

@@ -34,6 +34,9 @@ def train(
     vae_steps: int = typer.Option(1500, "--vae-steps", help="tiny: VAE training steps."),
     identity_loss: float = typer.Option(0.0, "--identity-loss", help="Weight of the identity loss."),
     region_loss: float = typer.Option(0.0, "--region-loss", help="Weight of the attention region loss."),
+    mask_dropout: float = typer.Option(0.0, "--mask-dropout", help="Share of samples trained without region "
+                                                                    "masks (what the cascade mode needs)."),
+    warmup_steps: int = typer.Option(100, "--warmup-steps"),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, bf16, fp16 (GPU)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
@@ -47,6 +50,7 @@ def train(
                       trainable=trainable or ("all" if backbone == "tiny" else "adapters"),
                       checkpoint_every=checkpoint_every, max_minutes=max_minutes, seed=seed,
                       identity_loss_weight=identity_loss, region_loss_weight=region_loss,
+                      mask_dropout=mask_dropout, warmup_steps=warmup_steps,
                       mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing)
     opts = RecipeOptions(backbone=backbone, init=init, encoder_steps=encoder_steps, vae_steps=vae_steps, seed=seed)
     with progress_bar("training") as update:
@@ -61,38 +65,85 @@ def train(
 @convert_app.command("official")
 def convert_official_cmd(
     sdxl: Path = typer.Option(..., "--sdxl", help="SDXL base 1.0 in diffusers layout."),
-    weights: Path = typer.Option(..., "--weights", help="Folder with ip_adapter_ca.pt, face_projection.pt, face_projection2.pt, mapping.pt."),
-    out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors)."),
+    weights: Path = typer.Option(None, "--weights", help="Folder with ip_adapter_ca.pt, face_projection.pt, face_projection2.pt, mapping.pt."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors); with --batch, the folder receiving one model folder per release."),
     image_encoder: Path = typer.Option(None, "--image-encoder", help="IP-Adapter CLIP ViT-H folder (default: WEIGHTS/image_encoder)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    batch: Path = typer.Option(None, "--batch", help="Folder of release folders (each like --weights): convert each to OUT/<name> with a summary table; a re-run skips unchanged ones (sha256)."),
 ) -> None:
     """Convert the official DHumanDiff release into a dhumandiff model folder (strict key matching)."""
     from ..model.convert import convert_official
 
+    if (weights is None) == (batch is None):
+        from ..errors import DHumanDiffError
+
+        raise DHumanDiffError("give --weights FOLDER (one release) or --batch FOLDER (one release per subfolder)")
+    if batch is not None:
+        return _convert_batch(sdxl, batch, out, image_encoder, overwrite)
     with progress_bar("converting", total=1) as update:
         path = convert_official(sdxl, weights, out, image_encoder_dir=image_encoder, overwrite=overwrite)
         update(1)
     console.print(f"wrote {path}")
 
 
+def _convert_batch(sdxl: Path, batch: Path, out: Path, image_encoder: Path | None, overwrite: bool) -> None:
+    """Every official release folder in ``batch`` -> ``out/<name>`` (see ``dhumandiff/export/batch.py``)."""
+    from ..export.batch import find_sources, has_any, source_digest
+    from ..model.convert import convert_official
+    from ..model.official import OFFICIAL_FILES
+    from .batch_view import batch_items, run_cli_batch
+
+    items = batch_items(find_sources(batch, has_any(*OFFICIAL_FILES.values()), "official release"), out)
+    # the shared inputs are hashed once; they are part of every output's identity
+    options = {"sdxl_sha256": source_digest([sdxl]) if sdxl.is_dir() else None,
+               "image_encoder_sha256": source_digest([image_encoder]) if image_encoder else None}
+
+    def job(item, progress):
+        progress(0, 1, "converting")
+        path = convert_official(sdxl, item.source, item.out, image_encoder_dir=image_encoder, overwrite=True)
+        progress(1, 1, "done")
+        return path
+
+    run_cli_batch(items, job, kind="folder", options=options, overwrite=overwrite,
+                  title=f"convert official: {batch} -> {out}")
+
+
 def distill(
     teacher: str = typer.Option("tiny", "--teacher", help="Model to distil (embedded name or folder)."),
     data: Path = typer.Option(..., "--data", help="PairHuman-format folder."),
     out: Path = typer.Option(..., "--out", help="Student model folder to write."),
+    method: str = typer.Option("lcm", "--method", help="lcm (1/2/4-step student), lcm-lora (the same as a LoRA "
+                                                       "fused into the UNet) or cascade-fold (single-pass UNet "
+                                                       "that reproduces the cascade mode)."),
     steps: int = typer.Option(1000, "--steps", help="Distillation steps."),
     batch_size: int = typer.Option(16, "--batch-size"),
-    lr: float = typer.Option(1e-4, "--lr"),
-    guidance: float = typer.Option(3.0, "--guidance", help="CFG scale folded into the student."),
+    lr: float = typer.Option(None, "--lr", help="Default: 1e-4 (lcm), 1e-3 (lcm-lora), 5e-5 (cascade-fold)."),
+    guidance: float = typer.Option(3.0, "--guidance", help="CFG scale folded into the student (lcm) or used by "
+                                                          "the teacher's stage 1 (cascade-fold)."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank for lcm-lora."),
+    identity_loss: float = typer.Option(0.0, "--identity-loss", help="lcm: weight of the identity loss on the "
+                                                                     "student's one-step output."),
+    mask_records: int = typer.Option(256, "--mask-records", help="cascade-fold: records whose cascade masks "
+                                                                 "are computed by the teacher."),
     max_minutes: float = typer.Option(None, "--max-minutes"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Latent consistency distillation into a CFG-free student for 1, 2 or 4 steps."""
+    """Distil a model: few-step consistency student (optionally LoRA) or a folded cascade."""
+    from ..distill.cascade_fold import CascadeFoldConfig
     from ..distill.consistency import ConsistencyConfig
     from ..distill.recipe import distill_model
     from ..model.registry import resolve_model
 
-    cfg = ConsistencyConfig(steps=steps, batch_size=batch_size, lr=lr, guidance_scale=guidance,
-                            max_minutes=max_minutes, seed=seed)
+    if method == "cascade-fold":
+        cfg = CascadeFoldConfig(steps=steps, batch_size=batch_size, lr=lr or 5e-5, guidance_scale=guidance,
+                                mask_records=mask_records, max_minutes=max_minutes, seed=seed)
+    elif method in ("lcm", "lcm-lora"):
+        cfg = ConsistencyConfig(steps=steps, batch_size=batch_size, guidance_scale=guidance,
+                                lr=lr or (1e-3 if method == "lcm-lora" else 1e-4), max_minutes=max_minutes,
+                                seed=seed, lora_rank=lora_rank if method == "lcm-lora" else 0,
+                                identity_loss_weight=identity_loss)
+    else:
+        raise typer.BadParameter("--method must be lcm, lcm-lora or cascade-fold")
     with progress_bar("distilling") as update:
         report = distill_model(resolve_model(teacher), data, out, cfg,
                                progress=lambda i, n, m: update(i, n, f"loss={m['loss']:.4f}"))
@@ -131,7 +182,8 @@ def evaluate(
             for n in (int(x) for x in student_steps.split(",") if x):
                 settings.append(EvalSetting(f"{Path(name).name}-{n}step", model, "single", n))
         else:
-            for mode in (m for m in modes.split(",") if m):
+            folded = bool(model.config.defaults.get("folded_from"))  # a folded cascade runs single mode only
+            for mode in (m for m in modes.split(",") if m and not (folded and m != "single")):
                 settings.append(EvalSetting(f"{Path(name).name}-{mode}-{steps}", model, mode, steps))
     with progress_bar("evaluating") as update:
         report = run_eval(settings, data, judge, out, limit=limit, seed=seed,

@@ -13,6 +13,7 @@ from .console import console, progress_bar
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("doctor")(doctor)
+    app.command("verify")(verify)
 
 
 def generate(
@@ -34,37 +35,44 @@ def generate(
     face_index_b: int = typer.Option(None, "--face-index-b", help="Pick a face when photo b shows several (0 = largest)."),
     person_words: str = typer.Option(None, "--person-words", help="The two words naming the people, e.g. 'bride,groom'."),
     sampler: str = typer.Option(None, "--sampler", help="ddim, euler or lcm (default: the model's)."),
-    vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 to run the VAE decoder in fp32 (fixes fp16 overflow)."),
+    vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 (fixes an fp16 VAE overflow) or fp16 (PyTorch model only)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
+    from ..errors import PromptError, SettingsError
+    from ..utils.images import check_output_path, save_image_atomic
+    from ..utils.numerics import check_vae_precision
+
     words = tuple(w.strip() for w in person_words.split(",")) if person_words else None
     if words is not None and len(words) != 2:
-        from ..errors import PromptError
-
         raise PromptError("--person-words needs exactly two comma-separated words, e.g. 'man,woman'")
+    check_output_path(out)
+    vae_precision = check_vae_precision(vae_precision)
     t0 = time.time()
     if bundle is not None:
         from ..runtimes import load_bundle
-        from ..utils.images import save_image_atomic
 
+        if model is not None:
+            raise SettingsError("give --model (PyTorch reference) or --bundle (exported), not both")
+        if mode != "single":
+            raise SettingsError(f"bundles run --mode single only (got {mode!r}); use the PyTorch model (--model) "
+                                "for the cascade")
         gen = load_bundle(bundle, device=device, runtime=runtime)
         with progress_bar("generating") as update:
             res = gen(face_a, face_b, prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale, seed=seed,
                       layout=layout, sampler=sampler, person_words=words, face_index_a=face_index_a,
-                      face_index_b=face_index_b, progress=lambda i, n: update(i, n))
+                      face_index_b=face_index_b, vae_precision=vae_precision, progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     else:
         from ..model.generate import generate_portrait, load_model
-        from ..utils.images import save_image_atomic
 
         if mode not in ("single", "cascade"):
-            raise typer.BadParameter("--mode must be 'single' or 'cascade'")
+            raise SettingsError(f"--mode must be 'single' or 'cascade' (got {mode!r})")
         m = load_model(model)
         with progress_bar("generating") as update:
             res = generate_portrait(m, face_a, face_b, prompt, steps=steps, seed=seed, guidance=guidance,
                                     ip_scale=ip_scale, mode=mode, layout=layout, face_index_a=face_index_a,
                                     face_index_b=face_index_b, person_words=words, sampler=sampler,
-                                    progress=lambda i, n: update(i, n))
+                                    vae_precision=vae_precision, progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     console.print(f"wrote {out} in {time.time() - t0:.1f} s")
 
@@ -82,3 +90,19 @@ def doctor() -> None:
         table.add_row(info.name, "yes" if info.installed else "no", ", ".join(info.devices) or "-",
                       ", ".join(info.providers) or (info.note if hasattr(info, "note") else "") or "-")
     console.print(table)
+
+
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle folder (or its bundle.json) to check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a copied bundle offline: every file present and matching its sha256 in bundle.json (exit 10 if not)."""
+    import json
+
+    from ..runtimes.verify import verify_bundle
+
+    report = verify_bundle(bundle)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        console.print(report.line(), highlight=False, soft_wrap=True)

@@ -7,33 +7,56 @@ torch-free commands (``generate --bundle``, ``doctor``) start fast and work with
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
 import typer
+from rich.markup import escape  # messages hold "[x0, y0, x1, y1]": literal text, not rich markup
 
 from ..errors import DHumanDiffError
 from .console import err_console
-from . import commands_data, commands_export, commands_model, commands_runtime
+from . import commands_bench
+from . import commands_calibrate
+from . import commands_data, commands_export, commands_model, commands_runtime, commands_serve
 
 app = typer.Typer(name="dhumandiff", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="DHumanDiff dual-person portraits: generate, train, distill, export, run on the edge.")
 commands_model.register(app)
 commands_runtime.register(app)
 commands_export.register(app)
+commands_calibrate.register(app)
+commands_bench.register(app)
+commands_serve.register(app)
 app.add_typer(commands_data.data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: runs the app and maps DHumanDiffError to one line + exit code."""
+    """Console-script entry point: runs the app and maps DHumanDiffError to one line + exit code.
+
+    Python warnings (a prompt cut at 77 tokens, ...) are shown as one ``warning:`` line each, not with the
+    file/line/source-line dump Python prints by default, which reads like a crash.
+    """
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    err_console.print(f"[yellow]warning:[/] {escape(str(message).splitlines()[0])}", highlight=False, soft_wrap=True)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", message=".*Multiple distributions found.*")
+    # diffusers logs that one (and other notes) on import; a user's explicit DIFFUSERS_VERBOSITY still wins
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except DHumanDiffError as exc:
-        err_console.print(f"[bold red]error:[/] {str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0])}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except FileExistsError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
@@ -42,14 +65,30 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 1
-    except Exception as exc:  # click usage errors come as ClickException
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors: click's ClickException, or typer's vendored copy of it (typer>=0.29)
+        if _is_usage_error(exc):
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Whether ``exc`` is a command-line usage error (bad/missing option) that knows how to print itself."""
+    classes = []
+    try:
+        import click
+
+        classes.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer always brings click or its own copy
+        pass
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        classes.append(TyperClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(classes)) and hasattr(exc, "show")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def check_folder(root: str | os.PathLike, layout: DatasetLayout | None = None) -
         try:
             ann = load_annotation(path)
         except AnnotationError as e:
-            report.problems.append((str(path), str(e)))
+            report.problems.append((str(path), str(e).removeprefix(f"{path}: ")))  # the file is named already
             continue
         used_ids.update(p.identity_id for p in ann.people if p.identity_id)
         issues = _check_annotation(root, layout, path, ann, identities)

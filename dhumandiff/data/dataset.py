@@ -157,12 +157,16 @@ class PairHumanDataset(Dataset):
         else:
             s, ox, oy, out_w, out_h = 1.0, 0, 0, W, H
         boxes = torch.zeros(2, 4)
+        face_boxes = torch.zeros(2, 4)
         kps = torch.zeros(2, 17, 3)
         for j, p in enumerate(persons):
             x0, y0, x1, y1 = p.box
             b = torch.tensor([(x0 * s - ox) / out_w, (y0 * s - oy) / out_h, (x1 * s - ox) / out_w,
                               (y1 * s - oy) / out_h])
             boxes[j] = b.clamp(0.0, 1.0)
+            f0, g0, f1, g1 = _face_box(p, W, H)
+            face_boxes[j] = torch.tensor([(f0 * s - ox) / out_w, (g0 * s - oy) / out_h, (f1 * s - ox) / out_w,
+                                          (g1 * s - oy) / out_h])
             if p.keypoints is not None:
                 k = torch.tensor(p.keypoints, dtype=torch.float32)
                 k[:, 0] = (k[:, 0] * s - ox) / out_w
@@ -180,6 +184,7 @@ class PairHumanDataset(Dataset):
             "pixel_values": pixel_values,
             "caption": caption,
             "boxes": boxes,
+            "face_boxes": face_boxes,
             "keypoints": kps,
             "face_crops": torch.stack([_to_tensor01(c) for c in crops]),
             "reference_faces": torch.stack([_to_tensor01(r) for r in refs]),

@@ -19,8 +19,11 @@ import torch
 from diffusers import DDPMScheduler
 
 from ..model.dhumandiff_model import DHumanDiff
+from ..training.objectives import identity_loss
 from ..training.tensors import TrainingTensors, empty_prompt_ids
 from ..utils.regions import region_mask
+from .conditions import batch_conditions
+from .lora import add_lora, fuse_lora, has_lora, save_lora
 
 
 @dataclass
@@ -35,6 +38,11 @@ class ConsistencyConfig:
     timestep_scaling: float = 10.0
     seed: int = 0
     max_minutes: float | None = None
+    lora_rank: int = 0     # > 0: train a LoRA adapter of this rank on the frozen UNet (fused into it at the end)
+    # Identity loss on the student's one-step output (its clean-image estimate), as in the training objective:
+    # the student is judged on faces too, not only on matching the teacher's trajectory.
+    identity_loss_weight: float = 0.0
+    identity_loss_batch: int = 4
 
 
 def boundary_scalings(t: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
@@ -72,12 +80,19 @@ class ConsistencyDistiller:
         self.ddim_t = (torch.arange(1, config.num_ddim_timesteps + 1) * self.k - 1).long()
         # the student: a deep copy of the teacher's UNet (same processors), trained; its EMA copy is the target
         self.student = copy.deepcopy(teacher.identity_unet).train()
-        for p in self.student.parameters():
-            p.requires_grad_(True)
+        if config.lora_rank > 0:
+            self.params = add_lora(self.student.unet, config.lora_rank, seed=config.seed)
+        else:
+            for p in self.student.parameters():
+                p.requires_grad_(True)
+            self.params = list(self.student.parameters())
         self.target = copy.deepcopy(self.student).eval()
+        # the EMA target follows only what trains (all weights, or just the LoRA factors)
+        self._ema_pairs = [(pt, ps) for pt, ps in zip(self.target.parameters(), self.student.parameters())
+                           if ps.requires_grad]
         for p in self.target.parameters():
             p.requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         h, w = data.latents.shape[-2:]
         self.masks = torch.from_numpy(region_mask(data.boxes.numpy(), h, w))
         self.scaling = float(teacher.vae.config.scaling_factor)
@@ -99,20 +114,9 @@ class ConsistencyDistiller:
         c_skip, c_out = boundary_scalings(t, self.cfg.timestep_scaling)
         return _expand(c_skip) * x + _expand(c_out) * x0
 
-    @torch.no_grad()
     def _conditions(self, idx: torch.Tensor, g: torch.Generator) -> dict:
-        d, m = self.data, self.teacher
-        b = idx.shape[0]
-        views = torch.randint(0, d.view_feats.shape[1], (b, 2), generator=g)
-        pid = d.person_ids[idx]
-        feats, embeds = d.view_feats[pid, views], d.view_embeds[pid, views]
-        ip = m.resampler(feats.flatten(0, 1)).unflatten(0, (b, 2)).flatten(1, 2)
-        face_tok = m.face_proj(embeds.flatten(0, 1), feats.flatten(0, 1)).unflatten(0, (b, 2))[:, :, 0]
-        ctx, pooled = m.encode_prompt(d.input_ids[idx], face_tok, d.positions[idx])
-        uctx, upooled = m.encode_prompt(self.uncond_ids[None].repeat(b, 1), torch.zeros_like(face_tok),
-                                        torch.full((b, 2), -1, dtype=torch.long))
-        return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip": ip,
-                "mask": self.masks[idx], "time_ids": m.time_ids(b)}
+        views = torch.randint(0, self.data.view_feats.shape[1], (idx.shape[0], 2), generator=g)
+        return batch_conditions(self.teacher, self.data, idx, views, self.uncond_ids, self.masks)
 
     # --------------------------------------------------------------------------------------------- step
     def loss(self, g: torch.Generator) -> torch.Tensor:
@@ -138,7 +142,15 @@ class ConsistencyDistiller:
             x0_t, eps_t = self._x0_eps(guided, x_t, t_start)
             x_prev = _expand(self.alpha[t_prev]) * x0_t + _expand(self.sigma[t_prev]) * eps_t  # DDIM step
             target = self._student_denoise(self.target, x_prev, t_prev, cond)
-        return torch.mean(torch.sqrt((pred.float() - target.float()) ** 2 + cfg.huber_c**2) - cfg.huber_c)
+        loss = torch.mean(torch.sqrt((pred.float() - target.float()) ** 2 + cfg.huber_c**2) - cfg.huber_c)
+        if cfg.identity_loss_weight > 0 and self.teacher.identity_encoder is not None:
+            n = min(cfg.identity_loss_batch, cfg.batch_size)
+            images = self.teacher.vae.decode(pred[:n] / self.scaling).sample
+            reference = d.view_embeds[d.person_ids[idx[:n]]].mean(2)
+            ident = identity_loss(self.teacher.identity_encoder, images, d.face_boxes[idx[:n]], reference,
+                                  torch.ones(n, 2))
+            loss = loss + cfg.identity_loss_weight * ident
+        return loss
 
     @torch.enable_grad()
     def train(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
@@ -150,10 +162,10 @@ class ConsistencyDistiller:
             loss = self.loss(g)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
             with torch.no_grad():
-                for pt, ps in zip(self.target.parameters(), self.student.parameters()):
+                for pt, ps in self._ema_pairs:
                     pt.mul_(cfg.ema_decay).add_(ps.detach(), alpha=1 - cfg.ema_decay)
             self.step += 1
             hist.append(float(loss.detach()))
@@ -170,9 +182,19 @@ class ConsistencyDistiller:
         Defaults become the LCM sampler at 4 steps with no CFG (``guidance_scale`` 1.0 -> batch-1 UNet).
         """
         student = copy.deepcopy(self.teacher)
-        student.unet.load_state_dict(self.target.unet.state_dict())
+        unet = self.target.unet
+        if has_lora(unet):  # fuse into a copy: exporters must see a plain UNet with the usual keys
+            unet = fuse_lora(copy.deepcopy(unet))
+        student.unet.load_state_dict(unet.state_dict())
         student.config.scheduler = {**student.config.scheduler, "_class_name": "LCMScheduler"}
         student.config.defaults = {**student.config.defaults, "steps": 4, "guidance_scale": 1.0, "sampler": "lcm",
                                    "ip_scale": 1.0, "distilled_from": student.config.name,
-                                   "distill_guidance": self.cfg.guidance_scale}
+                                   "distill_guidance": self.cfg.guidance_scale,
+                                   "lora_rank": self.cfg.lora_rank}
         return student
+
+    def save_adapter(self, folder) -> None:
+        """The un-fused LoRA adapter in diffusers' format (only for ``lora_rank > 0``)."""
+        if not has_lora(self.target.unet):
+            raise ValueError("this student was trained without LoRA")
+        save_lora(self.target.unet, folder)

@@ -24,7 +24,7 @@ import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from . import manifest as manifest_io
 from .artifacts import ExportedComponent, GraphJob, digests, tensor_entry
 from .specs import PRECISIONS, REQUIRED_COMPONENTS, ComponentSpec, components_for, unet_batch
 from .validate import compare_outputs, worst
+
+if TYPE_CHECKING:
+    from .quantize_modes import QuantizeOptions
 
 RUNTIMES = ("onnx", "openvino", "coreml", "torchscript")
 #: Exporter module per runtime: each provides ``export(job) -> files`` and ``run(root, files, inputs, outputs)``.
@@ -142,19 +145,26 @@ def _write_tokenizers(model: DHumanDiff, root: Path) -> dict[str, dict]:
 def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precision: str = "fp32",
                   dynamic: bool = False, overwrite: bool = False, progress: Progress | None = None, *,
                   source_model: str | None = None, model_name: str | None = None,
-                  specs: Sequence[ComponentSpec] | None = None, validate: bool = True, seed: int = 0) -> Path:
+                  specs: Sequence[ComponentSpec] | None = None, validate: bool = True, seed: int = 0,
+                  quantization: "QuantizeOptions | None" = None) -> Path:
     """Export ``model`` as a bundle for ``runtime`` at ``out_dir``; returns ``out_dir``.
 
     ``source_model`` (an embedded model name or folder) is recorded so ``dhumandiff parity`` can rebuild the
     reference; ``specs`` overrides :func:`components_for` (custom tolerances, tests); ``validate=False`` skips
-    the per-graph check (for runtimes that cannot execute here). Raises ``FileExistsError`` when ``out_dir``
+    the per-graph check (for runtimes that cannot execute here). ``quantization``
+    (:class:`~.quantize_modes.QuantizeOptions`) makes a quantised variant of the ``precision`` export, with its
+    fidelity budget in ``bundle.json`` (``quantize_modes.py``). Raises ``FileExistsError`` when ``out_dir``
     exists and ``overwrite`` is false, :class:`ParityError` when a graph misses its tolerance.
     """
     if runtime not in RUNTIMES:
         raise DHumanDiffError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
         raise DHumanDiffError(f"precision {precision!r} is not exported here; choose one of {', '.join(PRECISIONS)} "
-                              f"(int8 and palettised bundles come from `dhumandiff calibrate`)")
+                              f"(int8, int4 and palettised bundles: --quantize MODE, with a set from `dhumandiff calibrate`)")
+    if quantization is not None:
+        from .quantize_modes import check_options
+
+        check_options(runtime, precision, quantization)
     out_dir = Path(out_dir)
     options = ExportOptions(runtime, precision, dynamic, validate, seed)
     specs = list(specs) if specs is not None else components_for(model)
@@ -176,17 +186,24 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
                 if progress:
                     progress(i, total, spec.name)
                 components.append(export_component(spec, model, tmp, options))
+        quantized: dict = {}
+        section = None
+        if quantization is not None:
+            from .quantize_modes import apply_quantization
+
+            components, quantized, section = apply_quantization(model, tmp, runtime, components, quantization,
+                                                                seed, progress)
         if progress:
             progress(len(specs), total, "tokenizer + bundle.json")
         by_name = {s.name: s for s in specs}
-        tolerances = {c.name: by_name[c.name].tolerance(c.precision) for c in components}
+        tolerances = {c.name: quantized.get(c.name) or by_name[c.name].tolerance(c.precision) for c in components}
         info = {"exporter": runtime, "dynamic": dynamic, "seed": seed}
         if runtime == "onnx":
             info["opset"] = exporter("onnx").OPSET
         manifest = manifest_io.build_manifest(
             model, runtime, precision, components, _write_tokenizers(model, tmp), tolerances,
             model_name=model_name or Path(source_model or model.config.name).name,
-            source_model=source_model, export_info=info)
+            source_model=source_model, export_info=info, quantization=section)
         manifest_io.write(tmp, manifest)
         if progress:
             progress(total, total, "done")

@@ -552,14 +552,17 @@ def export_coreml_components(model: DHumanDiff, specs: Sequence[ComponentSpec], 
 
 
 def compress_mlpackage(path: str | Path, mode: str = "palettize", nbits: int = 6, out: str | Path | None = None,
-                       weight_threshold: int = 2048) -> Path:
+                       weight_threshold: int = 2048, op_name_configs: Mapping[str, Any] | None = None) -> Path:
     """Compress an mlpackage's weights with ``coremltools.optimize.coreml``; writes ``out`` (default: in place).
 
     ``mode="palettize"``: k-means palettisation to ``nbits`` (4, 6 or 8 are the useful ones: 2^nbits fp16
     values per tensor + nbits-wide indices; ``OpPalettizerConfig``). ``mode="linear_int8"``: symmetric per-channel
     int8 weights (``OpLinearQuantizerConfig``). Only weights with more than ``weight_threshold`` elements are
-    compressed (biases and norms stay). Activations stay float: this is a size and bandwidth hook; its numeric
-    cost is measured by reading the weights back (:func:`mlpackage_weights` decompresses them).
+    compressed (biases and norms stay). ``op_name_configs`` overrides the mode per weight constant (by const
+    name: another ``OpPalettizerConfig``, or None to keep that weight uncompressed), which is how sensitive layers
+    stay fp16 and how a mixed-bit recipe is applied (``quantize_coreml.py``). Activations stay float: this is a
+    size and bandwidth hook; its numeric cost is measured by reading the weights back (:func:`mlpackage_weights`
+    decompresses them).
     """
     ct = _ct()
     import coremltools.optimize.coreml as cto
@@ -578,7 +581,8 @@ def compress_mlpackage(path: str | Path, mode: str = "palettize", nbits: int = 6
         raise DHumanDiffError(f"unknown compression mode {mode!r}; choose one of {', '.join(COMPRESSION_MODES)}")
     model = ct.models.MLModel(str(path), skip_model_load=True)
     with _quiet():
-        compressed = apply(model, cto.OptimizationConfig(global_config=op_config))
+        compressed = apply(model, cto.OptimizationConfig(global_config=op_config,
+                                                         op_name_configs=dict(op_name_configs or {}) or None))
     return save_mlpackage(compressed, Path(out) if out is not None else path)
 
 

@@ -19,7 +19,7 @@ from .. import __version__
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.sampler import make_scheduler
 from .artifacts import ExportedComponent
-from .specs import END_TO_END_BUDGETS, unet_batch
+from .specs import DEFAULT_TOLERANCES, END_TO_END_BUDGETS, unet_batch
 from .validate import Tolerance
 
 FORMAT = "dhumandiff-bundle"
@@ -64,23 +64,43 @@ def tokenizer_entry(tokenizer: Any, file: str, sha256: str) -> dict[str, Any]:
             "bos_token_id": int(tokenizer.bos_token_id), "eos_token_id": eos, "sha256": sha256}
 
 
-def budget(precision: str, tolerances: Mapping[str, Tolerance]) -> dict[str, Any]:
-    """The bundle's fidelity budget: per-component gates (at each graph's own precision) + end to end."""
+def budget(precision: str, tolerances: Mapping[str, Tolerance],
+           end_to_end: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The bundle's fidelity budget: per-component gates (at each graph's own precision) + end to end.
+
+    ``end_to_end`` replaces the precision's end-to-end gates (a quantised variant's own budget). Quantised graphs
+    are gated by cosine and PSNR only (``atol`` None); ``component_max_abs``, which every bundle carries, is then
+    the largest atol among the float graphs, or the fp16 one when every graph is quantised.
+    """
     atols = [t.atol for t in tolerances.values() if t.atol is not None]
-    if not atols:
+    if not atols and end_to_end is None:
         raise ValueError("the bundle format needs a component_max_abs: give at least one component an atol")
     return {
-        "component_max_abs": max(atols),
+        "component_max_abs": max(atols) if atols else float(DEFAULT_TOLERANCES["fp16"].atol),  # type: ignore[arg-type]
         "component_min_cosine": min(t.min_cosine for t in tolerances.values()),
-        **END_TO_END_BUDGETS[precision],
+        **(END_TO_END_BUDGETS[precision] if end_to_end is None else dict(end_to_end)),
         "components": {name: t.to_dict() for name, t in tolerances.items()},
     }
 
 
+def quantized_end_to_end(quantization: Mapping[str, Any]) -> dict[str, float]:
+    """The end-to-end gates of a quantised bundle: its recorded PSNR budget, and a floor on the plain face
+    cosine (the budget's identity delta is checked separately by ``dhumandiff parity``)."""
+    from .quantize_modes import IDENTITY_MIN_COSINE
+
+    return {"end_to_end_psnr_db": float(quantization["budget"]["psnr_db"]), "identity_min_cosine": IDENTITY_MIN_COSINE}
+
+
 def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: list[ExportedComponent],
                    tokenizers: Mapping[str, dict[str, Any]], tolerances: Mapping[str, Tolerance],
-                   model_name: str, source_model: str | None, export_info: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``bundle.json`` dict (format_version 1). ``tokenizers`` maps ``tokenizer``/``tokenizer_2`` to entries."""
+                   model_name: str, source_model: str | None, export_info: Mapping[str, Any],
+                   quantization: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``bundle.json`` dict (format_version 1). ``tokenizers`` maps ``tokenizer``/``tokenizer_2`` to entries.
+
+    ``quantization`` (a quantised variant, ``quantize_modes.py``) is recorded as the ``quantization`` section;
+    the bundle's ``precision`` becomes the variant's label (``int8``, ``int4``, ``palettized6``, ...) and its
+    end-to-end budget the variant's.
+    """
     cfg = model.config
     vae = model.vae.config
     defaults = cfg.defaults
@@ -89,7 +109,7 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
         "format_version": FORMAT_VERSION,
         "backbone": cfg.name,
         "runtime": runtime,
-        "precision": precision,
+        "precision": precision if quantization is None else str(quantization["precision"]),
         "model_name": model_name,
         "image_size": [int(cfg.image_size), int(cfg.image_size)],
         "latent": {"channels": int(vae.latent_channels), "downscale": 2 ** (len(vae.block_out_channels) - 1),
@@ -105,9 +125,11 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
                      "ip_scale": float(defaults.get("ip_scale", 1.0)), "sampler": str(defaults.get("sampler", "ddim")),
                      "cfg": unet_batch(model) == 2},
         "components": {c.name: c.manifest_entry() for c in components},
-        "budget": budget(precision, tolerances),
+        "budget": budget(precision, tolerances, None if quantization is None else quantized_end_to_end(quantization)),
         "created_by": f"dhumandiff {__version__}",
     }
+    if quantization is not None:
+        manifest["quantization"] = {**dict(quantization), "base_precision": precision}
     if source_model is not None:
         manifest["source_model"] = source_model
     manifest["export"] = {**dict(export_info), "torch": torch.__version__,

@@ -47,6 +47,18 @@ def resize_region_mask(mask: torch.Tensor, seq_len: int) -> torch.Tensor:
     return mask.flatten(2).transpose(1, 2)
 
 
+class AttentionStore(list):
+    """Where the ID tokens' attention maps are collected (one ``[B, 2, N]`` tensor per cross-attention layer).
+
+    The cascade sampler reads them detached; the training region loss needs them with their gradients, which
+    ``keep_grad=True`` keeps.
+    """
+
+    def __init__(self, keep_grad: bool = False) -> None:
+        super().__init__()
+        self.keep_grad = keep_grad
+
+
 class SelfAttnProcessor(nn.Module):
     """Plain scaled-dot-product attention for ``attn1``; accepts (and ignores) the identity kwargs.
 
@@ -111,7 +123,8 @@ class DualIPAttnProcessor(nn.Module):
             probs = torch.softmax(logits, dim=-1)
             p1 = probs[..., t:t + k].sum(-1).mean(1)
             p2 = probs[..., t + k:].sum(-1).mean(1)
-            attn_store.append(torch.stack([p1, p2], dim=1).detach())
+            maps = torch.stack([p1, p2], dim=1)
+            attn_store.append(maps if getattr(attn_store, "keep_grad", False) else maps.detach())
         ip1 = _merge(F.scaled_dot_product_attention(q, k1, v1))
         ip2 = _merge(F.scaled_dot_product_attention(q, k2, v2))
         if region_mask is not None:

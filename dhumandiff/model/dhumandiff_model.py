@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.utils import logging as diffusers_logging
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
@@ -199,9 +201,14 @@ class DHumanDiff(nn.Module):
         if not cfg_file.is_file():
             raise CheckpointError(f"{path} is not a dhumandiff model folder (no {CONFIG_NAME}); pass a folder made "
                                   f"by `dhumandiff train` or `dhumandiff convert official`")
-        raw = json.loads(cfg_file.read_text())
-        base = raw.pop("base", None)
-        cfg = BackboneConfig.from_dict(raw)
+        try:
+            raw = json.loads(cfg_file.read_text())
+            base = raw.pop("base", None)
+            cfg = BackboneConfig.from_dict(raw)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{cfg_file} is not a valid model config ({first}); re-run the export, training "
+                                  f"or conversion that wrote {path}") from None
         base_dir = (path.parent / base) if base else None
 
         def part(sub: str) -> Path:
@@ -214,27 +221,38 @@ class DHumanDiff(nn.Module):
         for sub in ["unet", "vae", "text_encoder", "tokenizer", "image_encoder", "resampler", "face_proj",
                     "subject_mlp", "ip_adapter"]:
             part(sub)
-        f32 = {"torch_dtype": torch.float32}  # diffusers' spelling
-        f32t = {"dtype": torch.float32}  # transformers' spelling
+        # safetensors only: a folder holding pickled ``.bin`` weights is refused, never unpickled
+        f32 = {"torch_dtype": torch.float32, "use_safetensors": True}  # diffusers' spelling
+        f32t = {"dtype": torch.float32, "use_safetensors": True}  # transformers' spelling
         kw: dict[str, Any] = {}
-        if cfg.text_encoder_2 is not None:
-            kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(part("text_encoder_2"), **f32t)
-            kw["tokenizer_2"] = load_tokenizer(part("tokenizer_2"))
-        has_identity = (path / "identity_encoder").is_dir() or (base_dir is not None
-                                                                and (base_dir / "identity_encoder").is_dir())
-        if has_identity:
-            from .faces.world import WorldIdentityEncoder
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # its "error while fetching" log duplicates ours
+        try:
+            if cfg.text_encoder_2 is not None:
+                kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(part("text_encoder_2"), **f32t)
+                kw["tokenizer_2"] = load_tokenizer(part("tokenizer_2"))
+            has_identity = (path / "identity_encoder").is_dir() or (base_dir is not None
+                                                                    and (base_dir / "identity_encoder").is_dir())
+            if has_identity:
+                from .faces.world import WorldIdentityEncoder
 
-            kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(part("identity_encoder"), **f32)
-        model = cls(cfg, UNet2DConditionModel.from_pretrained(part("unet"), **f32),
-                    AutoencoderKL.from_pretrained(part("vae"), **f32),
-                    CLIPTextModel.from_pretrained(part("text_encoder"), **f32t),
-                    CLIPVisionModel.from_pretrained(part("image_encoder"), **f32t),
-                    Resampler.from_pretrained(part("resampler"), **f32),
-                    FaceProjPlus.from_pretrained(part("face_proj"), **f32),
-                    SubjectMLP.from_pretrained(part("subject_mlp"), **f32), load_tokenizer(part("tokenizer")), **kw)
-        model.load_ip_state_dict({k: v.float() for k, v in
-                                  load_file(str(part("ip_adapter") / "model.safetensors")).items()})
+                kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(part("identity_encoder"), **f32)
+            model = cls(cfg, UNet2DConditionModel.from_pretrained(part("unet"), **f32),
+                        AutoencoderKL.from_pretrained(part("vae"), **f32),
+                        CLIPTextModel.from_pretrained(part("text_encoder"), **f32t),
+                        CLIPVisionModel.from_pretrained(part("image_encoder"), **f32t),
+                        Resampler.from_pretrained(part("resampler"), **f32),
+                        FaceProjPlus.from_pretrained(part("face_proj"), **f32),
+                        SubjectMLP.from_pretrained(part("subject_mlp"), **f32), load_tokenizer(part("tokenizer")),
+                        **kw)
+            model.load_ip_state_dict({k: v.float() for k, v in
+                                      load_file(str(part("ip_adapter") / "model.safetensors")).items()})
+        except (OSError, SafetensorError) as exc:  # missing / unreadable / pickled weight files
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"model folder {path} cannot be loaded ({first}); it must hold safetensors "
+                                  f"weights: re-run the export, training or conversion that wrote it") from None
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
         return model.float().eval()
 
 

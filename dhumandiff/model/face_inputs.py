@@ -33,9 +33,11 @@ def clip_preprocess(crop: np.ndarray, size: int, mean, std) -> np.ndarray:
 
 
 def prepare_face(analyzer: FaceAnalyzer, image: np.ndarray, face_size: int, clip_size: int, clip_mean, clip_std,
-                 face_index: int | None = None, name: str = "photo") -> FaceInput:
-    """Detect one face in ``image`` (HxWx3 uint8 RGB) and build its identity inputs (raises if none/many)."""
-    face = analyzer.analyze_single(image, face_index=face_index, name=name)
+                 face_index: int | None = None, name: str = "photo", option: str = "--face-index") -> FaceInput:
+    """Detect one face in ``image`` (HxWx3 uint8 RGB) and build its identity inputs (raises if none/many).
+
+    ``option`` is the flag a refusal tells the user to pass (``--face-index-a`` / ``--face-index-b``)."""
+    face = analyzer.analyze_single(image, face_index=face_index, name=name, option=option)
     crop = square_crop(image, face.bbox, face_size, context=1.0)
     emb = face.embedding if face.embedding is not None else analyzer.embed(image, face)
     return FaceInput(crop=crop, id_embedding=np.asarray(emb, np.float32).reshape(-1),

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import LayoutError
+from ..errors import LayoutError, SettingsError
 from ..utils.images import load_rgb, to_pil
+from ..utils.numerics import check_vae_precision
 from ..utils.prompt import person_positions
-from ..utils.regions import default_boxes
+from ..utils.regions import default_boxes, region_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput, prepare_face
 from .faces.base import FaceAnalyzer, get_face_analyzer
 from .registry import model_overrides, resolve_model
-from .sampler import ReferenceSampler
+from .sampler import SCHEDULERS, ReferenceSampler, make_scheduler
 
 
 @dataclass
@@ -93,27 +94,66 @@ def parse_layout(layout: str | os.PathLike | list | dict | None) -> np.ndarray:
     return boxes.astype(np.float32)
 
 
+def check_settings(model: DHumanDiff, steps, seed, sampler: str | None, mode: str) -> int:
+    """Refuse steps / seed / sampler / mode values the sampler cannot use; returns the step count to run."""
+    steps = model.config.defaults.get("steps", 30) if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise SettingsError(f"steps must be a positive integer (got {steps!r})")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SettingsError(f"seed must be a non-negative integer (got {seed!r})")
+    if mode not in ("single", "cascade"):
+        raise SettingsError(f"mode must be 'single' or 'cascade' (got {mode!r})")
+    name = sampler or model.config.defaults.get("sampler", "ddim")
+    if name not in SCHEDULERS:
+        raise SettingsError(f"unknown sampler {name!r}; pick --sampler {', '.join(SCHEDULERS)}")
+    try:
+        make_scheduler(model, sampler).set_timesteps(int(steps))
+    except ValueError as exc:
+        raise SettingsError(f"{str(exc).splitlines()[0]}; pick other --steps or --sampler") from None
+    return int(steps)
+
+
+def check_layout_grid(boxes: np.ndarray, height: int, width: int) -> None:
+    """Each person needs latent cells of their own, else their identity reaches nowhere (as the runtimes check)."""
+    mask = region_mask(boxes, height, width)
+    for k, who in enumerate(("person a", "person b")):
+        own = (mask[k] > 0) & (mask[1 - k] == 0)
+        if not own.any():
+            raise LayoutError(f"the box of {who} {[round(float(v), 4) for v in boxes[k]]} holds no cell of its own on "
+                              f"the {width}x{height} latent grid: make it larger or overlap the other box less")
+
+
 @torch.no_grad()
 def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyzer: FaceAnalyzer | None = None,
                       steps: int | None = None, seed: int = 0, guidance: float | None = None,
                       ip_scale: float | None = None, mode: str = "single", layout=None,
                       face_index_a: int | None = None, face_index_b: int | None = None,
                       person_words: tuple[str, str] | None = None, sampler: str | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> Portrait:
-    """Generate one dual portrait. Faces are paths, bytes, arrays or PIL images (person a, person b)."""
+                      progress: Callable[[int, int], None] | None = None,
+                      vae_precision: str | None = None) -> Portrait:
+    """Generate one dual portrait. Faces are paths, bytes, arrays or PIL images (person a, person b).
+
+    Every user input is checked before the model runs (the runtimes refuse the same things). ``vae_precision``
+    "fp16" decodes with an fp16 copy of the VAE (what an fp16 deployment does), "fp32"/None with the model's
+    own fp32 VAE; every component's output is checked for NaN/Inf (:class:`NumericalError` names it).
+    """
     cfg = model.config
+    steps = check_settings(model, steps, seed, sampler, mode)
+    vae_precision = check_vae_precision(vae_precision)
+    ids, pos = person_positions(model.tokenizer.backend_tokenizer, prompt, person_words)
+    boxes = parse_layout(layout)
+    check_layout_grid(boxes, cfg.latent_size, cfg.latent_size)
     analyzer = analyzer or default_analyzer(model)
     faces = []
     for src, idx, label in ((face_a, face_index_a, "face a"), (face_b, face_index_b, "face b")):
         name = str(src) if isinstance(src, (str, os.PathLike)) else label
         image = load_rgb(src, name=name)
         faces.append(prepare_face(analyzer, image, cfg.face_size, cfg.clip_size, cfg.clip_mean, cfg.clip_std,
-                                  face_index=idx, name=name))
-    ids, pos = person_positions(model.tokenizer.backend_tokenizer, prompt, person_words)
-    boxes = parse_layout(layout)
+                                  face_index=idx, name=name, option=f"--face-index-{label[-1]}"))
     out = ReferenceSampler(model).sample(
         (faces[0], faces[1]), torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], boxes,
-        steps=steps or cfg.defaults.get("steps", 30), seed=seed,
+        steps=steps, seed=seed,
         guidance=cfg.defaults.get("guidance_scale", 5.0) if guidance is None else guidance, ip_scale=ip_scale,
-        mode=mode, sampler=sampler, progress=progress, input_ids_2=model.tokenize_2([prompt]))
+        mode=mode, sampler=sampler, progress=progress, input_ids_2=model.tokenize_2([prompt]),
+        vae_precision=vae_precision)
     return Portrait(to_pil(out.image.numpy()), out.unet_passes, (faces[0], faces[1]), boxes, pos)

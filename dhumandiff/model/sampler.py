@@ -13,6 +13,7 @@ runtimes draw — so a bundle's image can be compared with the reference image p
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
 
+from ..utils.numerics import check_finite
 from ..utils.regions import region_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput
@@ -75,6 +77,7 @@ class ReferenceSampler:
 
     def __init__(self, model: DHumanDiff) -> None:
         self.model = model.eval()
+        self._vae_copies: dict[torch.dtype, torch.nn.Module] = {}
 
     @torch.no_grad()
     def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
@@ -83,11 +86,15 @@ class ReferenceSampler:
         m = self.model
         clip = torch.stack([torch.from_numpy(f.clip_pixels) for f in faces])
         ids = torch.stack([torch.from_numpy(f.id_embedding) for f in faces])
+        check_finite("identity_encoder", {"embedding": ids}, reference=True)
         ip, face_tok = m.identity_tokens(clip, ids)             # [2,16,C], [2,1,F]
+        check_finite("face_projection", {"ip_tokens": ip, "face_token": face_tok}, reference=True)
         ip_tokens = ip.reshape(1, -1, ip.shape[-1])              # [1,32,C] person 1 then person 2
         ctx, pooled = m.encode_prompt(input_ids, face_tok[:, 0][None], positions, input_ids_2)
         uctx, upooled = m.encode_prompt(m.tokenize([""]), torch.zeros_like(face_tok[:, 0][None]),
                                         torch.full_like(positions, -1), m.tokenize_2([""]))
+        check_finite("text_encoder", {"prompt_embeds": ctx, "pooled_prompt_embeds": pooled,
+                                      "negative_prompt_embeds": uctx}, reference=True)
         return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip_tokens": ip_tokens}
 
     def _eps(self, latents, t, cond, mask, ip_scale, guidance, attn_store=None) -> torch.Tensor:
@@ -111,7 +118,8 @@ class ReferenceSampler:
                boxes: np.ndarray, steps: int, seed: int, guidance: float, ip_scale: float | None = None,
                mode: str = "single", sampler: str | None = None,
                progress: Callable[[int, int], None] | None = None,
-               input_ids_2: torch.Tensor | None = None) -> SamplerOutput:
+               input_ids_2: torch.Tensor | None = None, vae_precision: str | None = None) -> SamplerOutput:
+        """``vae_precision``: "fp16" / "fp32" decode with a VAE of that dtype; None with the model's own."""
         m = self.model
         cfg = m.config
         ip_scale = cfg.defaults.get("ip_scale", 1.0) if ip_scale is None else ip_scale
@@ -124,7 +132,7 @@ class ReferenceSampler:
         if mode == "single":
             latents, n = self._loop(noise, steps, cond, layout_mask, ip_scale, guidance, sampler, progress,
                                     source=source)
-            return SamplerOutput(self.decode(latents), latents, n * per_pass)
+            return SamplerOutput(self.decode(latents, vae_precision), latents, n * per_pass)
         if mode != "cascade":
             raise ValueError(f"mode must be 'single' or 'cascade', got {mode!r}")
         total = 2 * steps
@@ -139,10 +147,12 @@ class ReferenceSampler:
             x = sched.scale_model_input(latents, t)
             e_hi = self._eps(x, t, cond, None, 1.0, guidance)
             e_lo = self._eps(x, t, cond, None, 0.7, guidance)
+            check_finite("unet", {"noise_pred": e_hi, "noise_pred_ip0.7": e_lo}, f" at cascade step {i + 1}",
+                         reference=True)
             latents = sched.step(mask * e_hi + (1 - mask) * e_lo, t, latents).prev_sample
             if progress:
                 progress(steps + i + 1, total)
-        return SamplerOutput(self.decode(latents), latents, (n1 + 2 * steps) * per_pass, mask,
+        return SamplerOutput(self.decode(latents, vae_precision), latents, (n1 + 2 * steps) * per_pass, mask,
                              {"stage1_latents": stage1})
 
     def _loop(self, noise, steps, cond, mask, ip_scale, guidance, sampler, progress, store_last=None, source=None):
@@ -153,6 +163,7 @@ class ReferenceSampler:
             x = sched.scale_model_input(latents, t)
             store = store_last if (store_last is not None and i == len(sched.timesteps) - 1) else None
             eps = self._eps(x, t, cond, mask, ip_scale, guidance, attn_store=store)
+            check_finite("unet", {"noise_pred": eps}, f" at step {i + 1}", reference=True)
             latents = scheduler_step(sched, eps, t, latents, source)
             if progress:
                 progress(i + 1, steps)
@@ -160,20 +171,42 @@ class ReferenceSampler:
 
     @staticmethod
     def attention_mask(store: list[torch.Tensor], h: int, w: int, per_pass: int) -> torch.Tensor:
-        """Average the ID tokens' attention maps over layers and persons; keep the top 10 % (90th pct)."""
+        """Average the ID tokens' attention maps over layers and persons; keep each image's top 10 % (90th pct).
+
+        ``store`` holds ``[P * B, 2, N]`` per layer (with CFG, P = 2 and the conditional half is the second);
+        returns ``[B, 1, h, w]``.
+        """
         maps = []
-        for a in store:  # [B, 2, N] (B = 2 with CFG: take the conditional half)
-            a = a[-1:] if per_pass == 2 else a
+        for a in store:
+            a = a[a.shape[0] // 2:] if per_pass == 2 else a
             n = a.shape[-1]
             side_h = int(round((n * h / w) ** 0.5))
             a = a.reshape(a.shape[0], 2, side_h, n // side_h)
             maps.append(F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False).mean(dim=1))
-        avg = torch.stack(maps).mean(dim=0)  # [1, h, w]
-        thr = torch.quantile(avg.flatten(), 0.9)
-        return (avg >= thr).float()[:, None]  # [1, 1, h, w]
+        avg = torch.stack(maps).mean(dim=0)  # [B, h, w]
+        thr = torch.quantile(avg.flatten(1), 0.9, dim=1)
+        return (avg >= thr[:, None, None]).float()[:, None]  # [B, 1, h, w]
+
+    def _vae_in(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The model's VAE, or (once, cached) a copy in ``dtype``: the model itself is never cast."""
+        vae = self.model.vae
+        if vae.dtype == dtype:
+            return vae
+        if dtype not in self._vae_copies:
+            twin = copy.deepcopy(vae)  # .half()/.float(), not diffusers' .to(dtype), which warns on every call
+            self._vae_copies[dtype] = twin.half() if dtype == torch.float16 else twin.float()
+        return self._vae_copies[dtype]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.model.vae
-        img = vae.decode(latents / vae.config.scaling_factor).sample[0]
-        return ((img.clamp(-1, 1) + 1) / 2).float()
+    def decode(self, latents: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """Latents -> image in [0, 1] ``[3, H, W]`` float32; ``precision`` "fp16"/"fp32" (None: the VAE's own).
+
+        A NaN/Inf from the decoder raises :class:`NumericalError` (fp16 overflow: ``--vae-precision fp32``).
+        """
+        own = "fp16" if self.model.vae.dtype == torch.float16 else "fp32"
+        precision = precision or own
+        vae = self._vae_in(torch.float16 if precision == "fp16" else torch.float32)
+        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample[0]
+        check_finite("vae_decoder", {"sample": img}, f" (torch {precision} on {img.device.type})",
+                     precision=precision, reference=True)
+        return (img.float().clamp(-1, 1) + 1) / 2

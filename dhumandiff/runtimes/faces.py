@@ -27,10 +27,11 @@ class FaceCropper:
 
             self.detector = WorldFaceDetector()
 
-    def __call__(self, image: Image.Image, face_index: int | None = None, name: str = "the photo") -> Image.Image:
+    def __call__(self, image: Image.Image, face_index: int | None = None, name: str = "the photo",
+                 option: str = "--face-index") -> Image.Image:
         if self.detector is None:
             return image
         rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
         faces = sorted(self.detector.detect(rgb), key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
-        face = select_face(faces, face_index, self.spec.min_face_px, name)
+        face = select_face(faces, face_index, self.spec.min_face_px, name, option)
         return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from dhumandiff.errors import DHumanDiffError, PromptError
+from dhumandiff.errors import PromptError, SettingsError
 from dhumandiff.runtimes import schedulers
 from dhumandiff.runtimes.adapters import GraphRunner, RuntimeInfo, available_runtimes, make_runner
 from dhumandiff.runtimes.faces import FaceCropper
@@ -39,15 +39,12 @@ from dhumandiff.runtimes.imageio import ImageLike, load_image, postprocess, prep
 from dhumandiff.runtimes.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
 from dhumandiff.runtimes.manifest import Manifest, load_manifest
 from dhumandiff.runtimes.tokenizer import PromptTokenizer
+from dhumandiff.utils.numerics import check_vae_precision
 
 __all__ = ["BundleGenerator", "GenerationResult", "RuntimeInfo", "available_runtimes", "describe", "load_bundle"]
 
 ProgressFn = Callable[[int, int], None]
 LayoutLike = Layout | str | Sequence[Sequence[float]] | None
-
-
-class SettingsError(DHumanDiffError):
-    """A generation setting (steps, sampler, guidance) is out of range. Exit code 1, like any plain error."""
 
 
 @dataclass
@@ -156,6 +153,7 @@ class BundleGenerator:
         progress: ProgressFn | None = None,
         face_index_a: int | None = None,
         face_index_b: int | None = None,
+        vae_precision: str | None = None,
     ) -> GenerationResult:
         """Generate one image of person A (``face_a``) and person B (``face_b``).
 
@@ -163,7 +161,9 @@ class BundleGenerator:
         ``face_index_a``/``face_index_b``-th, 0 = largest), cropped as the reference does; with detector
         ``none`` the photos are taken as aligned face crops (a non-square photo is centre-cropped). Settings left
         as None come from the bundle's ``defaults``. Every user input (prompt, person words, layout, steps,
-        sampler, image files) is checked before any graph runs.
+        sampler, image files) is checked before any graph runs. ``vae_precision`` ("fp32"/"fp16") is checked
+        against the precision the VAE decoder was exported in: a bundle cannot change it, so a request it cannot
+        honour is refused rather than ignored.
         """
         m = self.manifest
         d = m.defaults
@@ -180,6 +180,7 @@ class BundleGenerator:
             raise SettingsError(f"seed must be a non-negative integer (got {seed!r})")
 
         # fail fast on everything the user typed before touching a graph
+        _check_vae_precision(m, vae_precision)
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt is empty; describe the scene and name both people, e.g. 'a man and a woman'")
         positions = self.tokenizer.find_person_positions(
@@ -188,8 +189,8 @@ class BundleGenerator:
         lay = self._layout(layout)
         mask = region_mask(lay, m.latent_size)
         sched = self._scheduler(sampler, int(steps))
-        img_a = self.cropper(load_image(face_a), face_index_a, _name(face_a, "face a"))
-        img_b = self.cropper(load_image(face_b), face_index_b, _name(face_b, "face b"))
+        img_a = self.cropper(load_image(face_a), face_index_a, _name(face_a, "face a"), "--face-index-a")
+        img_b = self.cropper(load_image(face_b), face_index_b, _name(face_b, "face b"), "--face-index-b")
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -273,6 +274,33 @@ class BundleGenerator:
         }
 
 
+def graph_precisions(m: Manifest) -> dict[str, str]:
+    """Precision each component's graph was exported in (``export.graph_precision``; else the bundle's).
+
+    fp16 exports keep the VAE decoder in fp32, so the bundle-wide ``precision`` alone would give wrong advice.
+    """
+    export = m.extra.get("export")
+    recorded = export.get("graph_precision") if isinstance(export, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return {name: str(recorded.get(name, m.precision)) for name in m.components}
+
+
+def _check_vae_precision(m: Manifest, requested: str | None) -> None:
+    """A bundle's VAE decoder runs in the precision it was exported in: refuse a request it cannot honour."""
+    want = check_vae_precision(requested)
+    if want is None:
+        return
+    have = graph_precisions(m).get("vae_decoder", m.precision)
+    have = "fp16" if have.lower() in ("fp16", "float16") else ("fp32" if have.lower() in ("fp32", "float32") else have)
+    if want == have:
+        return
+    if want == "fp32":
+        raise SettingsError(f"this bundle's VAE decoder was exported in {have}, so --vae-precision fp32 cannot be "
+                            "applied here; re-export with --precision fp32 (fp16 exports keep the VAE decoder fp32)")
+    raise SettingsError(f"this bundle's VAE decoder is {have} (exports keep it fp32 so it cannot overflow); "
+                        "--vae-precision fp16 only applies to the PyTorch model (--model): drop the option")
+
+
 def _name(source: ImageLike, default: str) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else default
 
@@ -293,6 +321,8 @@ def load_bundle(
     m = load_manifest(path, runtime=runtime, verify=verify)
     root = Path(m.root)  # type: ignore[arg-type]
     runner = make_runner(m.runtime, m.components, root, device=device, precision=m.precision, num_threads=num_threads)
+    if hasattr(runner, "graph_precision"):
+        runner.graph_precision = graph_precisions(m)
     tok = PromptTokenizer.from_spec(root / m.tokenizer.file, m.tokenizer)
     tok2 = PromptTokenizer.from_spec(root / m.tokenizer_2.file, m.tokenizer_2) if m.tokenizer_2 else None
     return BundleGenerator(m, runner, tok, tok2)

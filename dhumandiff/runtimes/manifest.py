@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
 
 from dhumandiff.errors import BundleError
+from dhumandiff.runtimes import schedulers
 from dhumandiff.utils.atomic import sha256_file, write_text_atomic
 
 FORMAT = "dhumandiff-bundle"
@@ -407,8 +408,8 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
         clip_std=_floats(ident, "clip_std", "identity", 3, positive=True),  # type: ignore[arg-type]
         arcface_mean=_float(ident, "arcface_mean", "identity"),
         arcface_std=_float(ident, "arcface_std", "identity", positive=True),
-        detector=str(ident.get("detector", "none")),
-        min_face_px=int(ident.get("min_face_px", 12)),
+        detector=_str(ident, "detector", "identity") if "detector" in ident else "none",
+        min_face_px=_int(ident, "min_face_px", "identity", minimum=1) if "min_face_px" in ident else 12,
     )
     if identity.detector not in DETECTORS:
         raise BundleError(f"identity.detector {identity.detector!r} is not one of {', '.join(DETECTORS)}: re-export the "
@@ -422,6 +423,11 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
         sampler=_str(dft, "sampler", "defaults"),
         cfg=_bool(dft, "cfg", "defaults"),
     )
+
+    try:  # a scheduler config the NumPy sampler cannot build fails here, not in the middle of a generation
+        schedulers.from_config(sched).set_timesteps(defaults.steps)
+    except ValueError as e:
+        raise _fail(f"bundle.json: scheduler / defaults.steps cannot be used ({e}); {_REEXPORT}") from None
 
     budget = None
     if "budget" in d:

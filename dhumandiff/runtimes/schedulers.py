@@ -123,6 +123,36 @@ def _noise(source: NoiseSource, shape: tuple[int, ...]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- base
 
 
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _config_value_problem(key: str, value: Any, default: Any, config: Mapping[str, Any]) -> str | None:
+    """Why ``value`` cannot stand for ``key`` (typed after its default), or None: a config from a tampered or
+    hand-edited bundle.json must fail as a BundleError here, not as a TypeError deep in the maths."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        lo = 1 if key in ("num_train_timesteps", "original_inference_steps") else 0
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and lo <= value <= 100_000
+        return None if ok else f"must be an integer in [{lo}, 100000]"
+    if isinstance(default, float):
+        if not _real(value) or value <= 0 or (key.startswith("beta_") and value >= 1):
+            return "must be a number in (0, 1)" if key.startswith("beta_") else "must be a positive number"
+        return None
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be a string"
+    if value is None:
+        return None
+    if key == "trained_betas":
+        n = config.get("num_train_timesteps")
+        ok = isinstance(value, (list, tuple)) and len(value) == n and all(_real(b) and 0 < b < 1 for b in value)
+        return None if ok else "must be null or num_train_timesteps numbers in (0, 1)"
+    if key in ("sigma_min", "sigma_max"):
+        return None if _real(value) and value > 0 else "must be null or a positive number"
+    return None
+
+
 class _DiscreteScheduler:
     """Config handling and the alpha tables shared by all four schedulers."""
 
@@ -147,6 +177,10 @@ class _DiscreteScheduler:
 
     def _validate(self) -> None:
         c = self.config
+        for key, value in c.items():
+            problem = _config_value_problem(key, value, self._defaults.get(key), c)
+            if problem:
+                raise BundleError(f"scheduler {key} {problem} (got {value!r:.60}); re-export the bundle")
         for key, allowed in (("beta_schedule", _BETA_SCHEDULES), ("prediction_type", _PREDICTIONS),
                              ("timestep_spacing", _SPACINGS)):
             if key in c and c[key] not in allowed and not (key == "beta_schedule" and c.get("trained_betas")):

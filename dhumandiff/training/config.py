@@ -20,11 +20,16 @@ class TrainConfig:
     cond_dropout: float = 0.1      # drop prompt + identities together (classifier-free guidance)
     id_dropout: float = 0.05       # drop only the identities
     use_region_masks: bool = True
+    # Share of samples trained without region masks (the cascade mode's stage 1 and mask-free inference): the
+    # region loss then has to keep identities apart through attention alone.
+    mask_dropout: float = 0.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
     # Extra terms of the full objective (issue: training): weights 0 disable them.
     identity_loss_weight: float = 0.0
     region_loss_weight: float = 0.0
+    identity_loss_max_t: int = 600     # the identity loss sees only timesteps below this (x0 is a blur above)
+    identity_loss_batch: int = 8       # how many of the batch's images are decoded for the identity loss
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25

@@ -29,6 +29,7 @@ class TrainingTensors:
     input_ids: torch.Tensor       # [N, 77]
     positions: torch.Tensor       # [N, 2] token index of each person's word (-1 if absent)
     boxes: torch.Tensor           # [N, 2, 4] normalised person boxes, person 1 first
+    face_boxes: torch.Tensor      # [N, 2, 4] normalised square face boxes (the identity loss's crops)
     person_ids: torch.Tensor      # [N, 2] index into the identity table
     view_feats: torch.Tensor      # [I, V, T, H] CLIP penultimate features of each reference view
     view_embeds: torch.Tensor     # [I, V, 512] identity-encoder embeddings of each reference view
@@ -46,13 +47,14 @@ def load_training_tensors(root: str | Path, model: DHumanDiff, analyzer: FaceAna
     from ..data.dataset import PairHumanDataset
 
     ds = PairHumanDataset(root, tokenizer=model.tokenizer, split=split, use_reference_faces=False)
-    pixels, ids, pos, boxes, names, captions = [], [], [], [], [], []
+    pixels, ids, pos, boxes, face_boxes, names, captions = [], [], [], [], [], [], []
     for i in range(len(ds)):
         item = ds[i]
         pixels.append(item["pixel_values"])
         ids.append(item["input_ids"])
         pos.append(item["person_positions"])
         boxes.append(item["boxes"])
+        face_boxes.append(item["face_boxes"])
         names.append(list(item["identity_ids"]))
         captions.append(item["caption"])
     identity_names = sorted({n for pair in names for n in pair})
@@ -75,7 +77,8 @@ def load_training_tensors(root: str | Path, model: DHumanDiff, analyzer: FaceAna
             embeds.append(torch.stack(emb))
     return TrainingTensors(
         pixels=torch.stack(pixels), input_ids=torch.stack(ids).long(), positions=torch.stack(pos).long(),
-        boxes=torch.stack(boxes).float(), person_ids=torch.tensor([[index[a], index[b]] for a, b in names]),
+        boxes=torch.stack(boxes).float(), face_boxes=torch.stack(face_boxes).float(),
+        person_ids=torch.tensor([[index[a], index[b]] for a, b in names]),
         view_feats=torch.stack(feats), view_embeds=torch.stack(embeds), identity_names=identity_names,
         captions=captions)
 

@@ -20,10 +20,12 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
 from ..errors import CheckpointError
+from ..model.attention import AttentionStore
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.regions import region_mask
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .objectives import identity_loss, predicted_x0, region_loss
 from .tensors import TrainingTensors, empty_prompt_ids
 
 
@@ -69,6 +71,9 @@ class DiffusionTrainer:
             {k: v for k, v in model.config.scheduler.items() if not k.startswith("_")})
         for p in model.parameters():
             p.requires_grad_(False)
+        for frozen in (model.vae, model.identity_encoder, model.image_encoder):
+            if frozen is not None:  # BatchNorm/Dropout of the frozen judges must not change with training
+                frozen.eval()
         self.modules = trainable_modules(model, config.trainable)
         for p in self.modules.parameters():
             p.requires_grad_(True)
@@ -151,9 +156,31 @@ class DiffusionTrainer:
         ip = ip * (~drop_id).float()[:, None, None, None]
         ctx, pooled = m.encode_prompt(ids, face_tok, pos)
         mask = self.masks[idx] if cfg.use_region_masks else None
-        pred = m.identity_unet(noisy, t, ctx, ip.flatten(1, 2), mask, 1.0, pooled, m.time_ids(b))
-        loss = F.mse_loss(pred.float(), target.float())
-        return loss, {"loss": float(loss.detach())}
+        if mask is not None and cfg.mask_dropout > 0:  # all-ones mask == no masking for those samples
+            free = torch.rand(b, generator=g) < cfg.mask_dropout
+            mask = torch.where(free[:, None, None, None], torch.ones_like(mask), mask)
+        store = AttentionStore(keep_grad=True) if cfg.region_loss_weight > 0 else None
+        pred = m.identity_unet(noisy, t, ctx, ip.flatten(1, 2), mask, 1.0, pooled, m.time_ids(b), attn_store=store)
+        diffusion = F.mse_loss(pred.float(), target.float())
+        loss, metrics = diffusion, {"loss": 0.0, "diffusion": float(diffusion.detach())}
+        keep = (~drop_id).float()
+        if store is not None:
+            reg = region_loss(list(store), self.masks[idx], keep)
+            loss = loss + cfg.region_loss_weight * reg
+            metrics["region"] = float(reg.detach())
+        if cfg.identity_loss_weight > 0 and m.identity_encoder is not None:
+            n = min(b, cfg.identity_loss_batch)
+            alpha_bar = self.noise_scheduler.alphas_cumprod[t[:n]]
+            weight = (alpha_bar * (t[:n] < cfg.identity_loss_max_t) * keep[:n])[:, None].expand(n, 2)
+            if float(weight.sum()) > 0:
+                x0 = predicted_x0(pred[:n].float(), noisy[:n], alpha_bar, pred_type)
+                images = m.vae.decode(x0 / self.scaling).sample
+                reference = d.view_embeds[pid[:n]].mean(2)                   # [n, 2, D] over the views
+                ident = identity_loss(m.identity_encoder, images, d.face_boxes[idx[:n]], reference, weight)
+                loss = loss + cfg.identity_loss_weight * ident
+                metrics["identity"] = float(ident.detach())
+        metrics["loss"] = float(loss.detach())
+        return loss, metrics
 
     @torch.enable_grad()
     def train(self, progress: Callable[[int, int, dict], None] | None = None, until: int | None = None) -> dict:

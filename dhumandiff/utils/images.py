@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputImageError
+from ..errors import InputImageError, SettingsError
 from .atomic import atomic_path
 
 MAX_PIXELS = 40_000_000  # 40 MP: above any phone photo; a larger header is treated as a decompression bomb
@@ -106,6 +106,17 @@ def to_pil(image01: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[0] == 3:
         arr = arr.transpose(1, 2, 0)
     return Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8))
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Refuse an output image path that cannot be written, before any work is spent on the image."""
+    path = Path(path)
+    if path.is_dir():
+        raise SettingsError(f"--out {path} is a folder; give a file name such as {path / 'portrait.png'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SettingsError(f"--out {path}: {parent} is a file, not a folder; choose another output path")
+    return path
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -40,6 +40,10 @@ def encode(tokenizer, prompt: str, max_length: int = MAX_LENGTH):
     return np.asarray(ids, dtype=np.int64), enc
 
 
+def _used_words(found: list[tuple[str, int] | None]) -> set[str]:
+    return {h[0] for h in found if h is not None}
+
+
 def person_positions(tokenizer, prompt: str, person_words: tuple[str, str] | None = None,
                      max_length: int = MAX_LENGTH, require: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(input_ids [77], positions [2])``: the token index of each person's word (-1 when absent).
@@ -53,13 +57,21 @@ def person_positions(tokenizer, prompt: str, person_words: tuple[str, str] | Non
     ids, enc = encode(tokenizer, prompt, max_length)
     words = [(m.group(0).lower(), m.start()) for m in re.finditer(r"[A-Za-z]+", prompt)]
     if person_words is not None:
-        wanted = [w.lower() for w in person_words]
+        wanted = [str(w).strip().lower() for w in person_words]
+        if len(wanted) != 2 or not all(wanted):
+            raise PromptError(f"give exactly two person words, one per face (got {list(person_words)!r})")
         found: list[tuple[str, int] | None] = []
         used: set[int] = set()
         for w in wanted:
             hit = next(((word, s) for word, s in words if word == w and s not in used), None)
             if hit:
                 used.add(hit[1])
+            elif require and w in _used_words(found):
+                raise PromptError(f"the prompt must use {w!r} twice, once per person; rephrase it, e.g. "
+                                  f"'a {w} and another {w}'")
+            elif require:
+                raise PromptError(f"the prompt does not contain the person word {w!r}; add it to the prompt or "
+                                  f"pass other --person-words")
             found.append(hit)
     else:
         hits = [(w, s) for w, s in words if w in PERSON_WORDS]
@@ -74,6 +86,10 @@ def person_positions(tokenizer, prompt: str, person_words: tuple[str, str] | Non
                 positions[k] = ti
                 break
     if require and (positions < 0).any():
+        cut = [h[0] for k, h in enumerate(found) if h is not None and positions[k] < 0]
+        if cut:
+            raise PromptError(f"the person word {cut[0]!r} falls outside the first {max_length} tokens the text "
+                              f"encoder reads; shorten the prompt or move the people to its start")
         got = [h[0] for h in found if h is not None]
         raise PromptError(f"the prompt must name both people (e.g. 'a man and a woman ...'); found "
                           f"{got or 'no person word'} — add a word such as {', '.join(PERSON_WORDS[:6])} "

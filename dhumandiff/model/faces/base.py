@@ -178,12 +178,14 @@ class FaceAnalyzer(abc.ABC):
         return faces
 
     def analyze_single(self, image: np.ndarray | str | os.PathLike, face_index: int | None = None,
-                       min_face_px: int | None = None, name: str | None = None) -> Face:
+                       min_face_px: int | None = None, name: str | None = None,
+                       option: str = "--face-index") -> Face:
         """The one face of a photo of one person, embedded; refuses photos it cannot use.
 
         ``image`` is an RGB array or a path. ``face_index`` picks a face when the photo shows several (0 = largest).
         Raises :class:`FaceNotFoundError` (no face / index out of range / face smaller than ``min_face_px``) or
-        :class:`MultipleFacesError` (several faces and no ``face_index``).
+        :class:`MultipleFacesError` (several faces and no ``face_index``). ``option`` is the flag the messages
+        tell the user to pass (``--face-index-b`` for the second photo).
         """
         if isinstance(image, (str, os.PathLike)):
             name = name or Path(image).name
@@ -191,34 +193,43 @@ class FaceAnalyzer(abc.ABC):
         name = name or "the photo"
         image = as_rgb_uint8(image, name)
         min_px = self.min_face_px if min_face_px is None else int(min_face_px)
-        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name)
+        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name, option)
         face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
         return face
 
 
-def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str) -> Face:
+def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str,
+                option: str = "--face-index") -> Face:
     """The refusals every face photo goes through, given its detections sorted largest first.
 
     Shared by the analyzers and by the torch-free runtimes (which detect but embed through a graph), so a photo is
-    accepted or refused, with the same one-line message, whatever runs the model.
+    accepted or refused, with the same one-line message, whatever runs the model. ``option`` is the flag that
+    picks a face for this photo (``--face-index-a`` / ``--face-index-b``); a refusal names it and lists the faces.
     """
     if not faces:
         raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
     if face_index is None:
         if len(faces) > 1:
-            raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass --face-index N (0 = largest, "
-                                     f"faces ordered by size) or crop the photo to one person")
+            raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass {option} N to pick one (0 = largest; "
+                                     f"here {_describe(faces)}) or crop the photo to one person")
         face = faces[0]
     else:
         idx = int(face_index)
         if not 0 <= idx < len(faces):
-            raise FaceNotFoundError(f"--face-index {idx} is out of range: {len(faces)} face(s) found in {name} "
+            raise FaceNotFoundError(f"{option} {idx} is out of range: {len(faces)} face(s) found in {name} "
                                     f"(valid: 0..{len(faces) - 1}, 0 = largest)")
         face = faces[idx]
     if face.size_px < min_face_px:
         raise FaceNotFoundError(f"face too small in {name} ({face.width:.0f}x{face.height:.0f} px): use a photo "
                                 f"where the face is at least {min_face_px} px")
     return face
+
+
+def _describe(faces: list[Face], limit: int = 4) -> str:
+    """``#0 44x44 px at x=10 y=12, #1 ...``: enough to tell which index is which person."""
+    parts = [f"#{i} {f.width:.0f}x{f.height:.0f} px at x={f.bbox[0]:.0f} y={f.bbox[1]:.0f}"
+             for i, f in enumerate(faces[:limit])]
+    return ", ".join(parts) + (f", ... ({len(faces) - limit} more)" if len(faces) > limit else "")
 
 
 def get_face_analyzer(name: str = "world", **kw: Any) -> FaceAnalyzer:

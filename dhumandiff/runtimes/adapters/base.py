@@ -13,7 +13,8 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from dhumandiff.errors import BundleError, NumericalError
+from dhumandiff.errors import BundleError
+from dhumandiff.utils.numerics import check_finite as _check_finite
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
 
@@ -28,18 +29,14 @@ class GraphRunner(Protocol):
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_finite(component: str, outputs: Mapping[str, np.ndarray], where: str = "") -> None:
-    """Raise :class:`NumericalError` naming the component when any float output holds NaN or Inf."""
-    for name, arr in outputs.items():
-        a = np.asarray(arr)
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            bad = "NaN" if np.isnan(a).any() else "Inf"
-            hint = (
-                "the fp16 VAE decoder overflowed; re-export with --vae-precision fp32"
-                if component == "vae_decoder"
-                else "try an fp32 bundle or --device cpu"
-            )
-            raise NumericalError(f"{component} produced {bad} in output '{name}'{where}; {hint}")
+def check_finite(component: str, outputs: Mapping[str, np.ndarray], where: str = "",
+                 precision: str | None = None) -> None:
+    """Raise :class:`NumericalError` naming the component when any float output holds NaN or Inf.
+
+    The gate and its hints are shared with the PyTorch reference (:mod:`dhumandiff.utils.numerics`);
+    ``precision`` is the component's graph precision when the bundle records it.
+    """
+    _check_finite(component, outputs, where, precision=precision)
 
 
 class BaseRunner:
@@ -52,6 +49,8 @@ class BaseRunner:
         self.root = Path(root)
         self.device = device
         self._handles: dict[str, Any] = {}
+        #: component -> precision its graph was exported in (bundle.json ``export.graph_precision``), for hints
+        self.graph_precision: dict[str, str] = {}
 
     @property
     def providers(self) -> list[str]:
@@ -102,5 +101,5 @@ class BaseRunner:
             )
         result = {n: np.asarray(outputs[n]) for n in spec.outputs}
         result = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in result.items()}
-        check_finite(component, result, f" ({self.runtime} on {self.device})")
+        check_finite(component, result, f" ({self.runtime} on {self.device})", self.graph_precision.get(component))
         return result

@@ -1,0 +1,129 @@
+"""The kiosk page in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): a guest picks
+two face photos and a scene, presses the button and sees the portrait with its timing.
+
+Skips only when Chromium, its driver or Selenium is not installed (``scripts/install-dev.sh`` installs them).
+Set ``DHUMANDIFF_KIOSK_SCREENSHOT=docs/kiosk.png`` to save the screenshot of the page with its result.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from kiosk_fixtures import FACE_A, FACE_B, KioskServer, decode_data_url, kiosk_bundle  # noqa: E402
+
+from dhumandiff.serve import presets  # noqa: E402
+from dhumandiff.utils.images import load_rgb  # noqa: E402
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+DRIVER = shutil.which("chromedriver")
+
+
+def _selenium() -> Any:
+    missing = [name for name, found in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if not found]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: run scripts/install-dev.sh (apt chromium chromium-driver, "
+                    "pip selenium)")
+    from selenium import webdriver
+
+    return webdriver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    webdriver = _selenium()
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
+                "--window-size=1000,900", "--hide-scrollbars", "--force-device-scale-factor=1",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    _selenium()  # skip before building anything when the browser is absent
+    bundle = kiosk_bundle(tmp_path_factory)
+    with KioskServer(bundle, tmp_path_factory.mktemp("kiosk-browser")) as srv:
+        yield srv
+
+
+def _wait(driver: Any, condition: Any, timeout: float = 120) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+
+
+def _open(driver: Any, url: str) -> None:
+    driver.get(url + "/")
+    _wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+
+
+def test_guest_uploads_two_faces_and_sees_the_portrait(browser: Any, server: KioskServer, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server.url)
+    assert "tiny-lcm" in browser.find_element(By.ID, "model").text
+    browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
+    browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    browser.find_element(By.ID, "scene-beach").click()
+    browser.find_element(By.ID, "seed").send_keys("3")
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('result'); return i.complete && i.naturalWidth > 0"))
+    timing = browser.find_element(By.ID, "timing").text
+    assert timing.startswith("Generated in ") and "4 steps" in timing and "seed 3" in timing, timing
+    assert browser.find_element(By.ID, "status").text == ""
+
+    # the picture on the page is the bundle's portrait of these two faces for that scene and seed
+    from dhumandiff.runtimes import load_bundle
+
+    beach = next(s.prompt for s in presets.SCENES if s.id == "beach")
+    ref = load_bundle(server.bundle, num_threads=1)(load_rgb(FACE_A), load_rgb(FACE_B), beach, seed=3,
+                                                    layout=presets.layout_boxes("side-by-side")[1])
+    shown = decode_data_url(browser.find_element(By.ID, "result").get_attribute("src"))
+    np.testing.assert_array_equal(shown, np.asarray(ref.image))
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "kiosk.png"
+    assert browser.save_screenshot(str(shot))
+    screenshot = load_rgb(shot)
+    assert screenshot.shape[0] > 300 and screenshot.std() > 10
+    target = os.environ.get("DHUMANDIFF_KIOSK_SCREENSHOT")
+    if target:
+        from PIL import Image
+
+        Image.open(shot).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+
+
+def test_guest_sees_why_a_photo_was_refused(browser: Any, server: KioskServer, tmp_path: Path) -> None:
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (112, 112), (200, 200, 200)).save(blank)
+    _open(browser, server.url)
+    browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
+    browser.find_element(By.ID, "face_b").send_keys(str(blank))
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
+    assert "no face found" in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.ID, "result").get_attribute("src") in (None, "")

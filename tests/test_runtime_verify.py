@@ -1,0 +1,39 @@
+"""``dhumandiff verify BUNDLE``: offline, torch-free check of a copied bundle (every file against its sha256)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dhumandiff.cli.main import main
+from dhumandiff.errors import BundleError
+from dhumandiff.runtimes.verify import verify_bundle
+
+from runtime_fixtures import write_fake_bundle
+
+
+def test_a_complete_bundle_verifies(tmp_path, capsys):
+    write_fake_bundle(tmp_path / "b")
+    report = verify_bundle(tmp_path / "b")
+    assert report.files == 9  # six graphs + unet's external data + tokenizer + bundle.json
+    assert report.bytes == sum(f.stat().st_size for f in (tmp_path / "b").iterdir())
+    assert main(["verify", str(tmp_path / "b")]) == 0
+    assert "every sha256 matches" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "b"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "onnx"
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda root: (root / "unet.onnx.data").write_bytes(b"\1" * 64), "sha256 mismatch for unet.onnx.data"),
+    (lambda root: (root / "vae_decoder.onnx").unlink(), "vae_decoder.onnx is missing"),
+    (lambda root: (root / "bundle.json").write_text("{"), "not valid JSON"),
+])
+def test_a_damaged_copy_is_named_in_one_line_with_exit_10(tmp_path, capsys, damage, needle):
+    write_fake_bundle(tmp_path / "b")
+    damage(tmp_path / "b")
+    with pytest.raises(BundleError, match=needle):
+        verify_bundle(tmp_path / "b")
+    assert main(["verify", str(tmp_path / "b")]) == 10
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
