@@ -186,7 +186,10 @@ def test_openvino_modes_compress(bundles):
     fq, types = census(bundles("openvino", "int4-weights"))
     assert "u4" in types or "i4" in types
     fq, _ = census(bundles("openvino", "int8"))
-    assert fq > 20  # activations quantised too
+    assert fq > 20  # activations quantised too ...
+    q = _manifest(bundles("openvino", "int8"))["quantization"]
+    assert q["activation_components"] == ["unet"]  # ... in the UNet; the encoders get int8 weights
+    assert q["graphs"]["text_encoder"]["method"] == "int8-weights" and q["graphs"]["unet"]["method"] == "int8"
 
 
 @pytest.mark.parametrize("mode,op", [("palettize-6", "constexpr_lut_to_dense"),

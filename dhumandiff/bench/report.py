@@ -48,6 +48,12 @@ def _lat(t: dict[str, Any] | None, digits: int = 1) -> str:
     return f"{t['median_ms']:,.{digits}f} ({t['min_ms']:,.{digits}f}-{t['max_ms']:,.{digits}f})"
 
 
+def _load(row: dict[str, Any]) -> str:
+    """The 1-minute load average right after the variant ran (> 1.5 on 2 cores: it shared the CPU)."""
+    la = row.get("load_average")
+    return f"{la[0]:.1f}" if la else "-"
+
+
 def _psnr(value: Any) -> str:
     if value is None:
         return "-"
@@ -68,12 +74,18 @@ def _peak_pct(gflops: float | None, peaks: dict[str, float], precision: str) -> 
 
 
 def _busy_note(report: dict[str, Any]) -> str:
+    """Load averages recorded at the start, after every variant and at the end; > 1.5 on 2 cores = busy."""
     loads = [v for v in (report.get("load_average_start"), report.get("load_average_end")) if v]
-    worst = max((v[0] for v in loads), default=0.0)
-    if worst > 1.5:
-        return (f"**Busy machine**: 1-minute load average {worst:.1f} during the run (> 1.5 on 2 cores: other jobs "
-                f"shared the CPU), so latencies are upper bounds and min-max spreads are wide.")
-    return f"Load average during the run: {', '.join(str(v[0]) for v in loads) or 'n/a'} (quiet machine)."
+    loads += [r["load_average"] for r in report.get("variants", []) if r.get("load_average")]
+    ones = sorted(v[0] for v in loads)
+    if not ones:
+        return "Load average not recorded."
+    median = ones[len(ones) // 2]
+    if ones[-1] > 1.5:
+        return (f"**Busy machine**: 1-minute load average {ones[0]:.1f}-{ones[-1]:.1f} (median {median:.1f}) over the "
+                f"run, on 2 cores: other jobs shared the CPU, so latencies are upper bounds and min-max spreads are "
+                f"wide.")
+    return f"Quiet machine: 1-minute load average {ones[0]:.1f}-{ones[-1]:.1f} over the run."
 
 
 def _peaks_table(report: dict[str, Any]) -> list[str]:
@@ -113,12 +125,12 @@ def tiny_markdown(report: dict[str, Any]) -> str:
              f"{'CFG (UNet batch 2)' if flops else ''}, seed {s['seed']}. PSNR against the torch fp32 row "
              f"(same sampler loop, same noise). UNet FLOPs per call: {_f(flops.get('unet', 0) / 1e9, 3)} GFLOP.", "",
              "| variant | size MB | load s | cold first image s | image ms, median (min-max) | cold / warm | "
-             "peak RSS MB (load / run) | UNet step ms | UNet GFLOP/s | vs peaks | image PSNR dB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB (load / run) | UNet step ms | UNet GFLOP/s | vs peaks | image PSNR dB | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['label']} | {_mb(r.get('size_bytes'))} | failed: {r['error'][:120]} |"
-                         + " |" * 8)
+                         + " |" * 9)
             continue
         unet = (r.get("components") or {}).get("unet", {})
         mem = r.get("memory", {})
@@ -127,7 +139,7 @@ def tiny_markdown(report: dict[str, Any]) -> str:
             f"{_f(r.get('cold_first_image_s'), 2)} | {_lat(r.get('end_to_end'))} | {_f(r.get('cold_over_warm'), 2)} | "
             f"{_f(mem.get('peak_load_mb'), 0)} / {_f(mem.get('peak_run_mb'), 0)} | {_f(unet.get('median_ms'), 2)} | "
             f"{_f(unet.get('gflops_per_s'), 1)} | {_peak_pct(unet.get('gflops_per_s'), peaks, r['precision'])} | "
-            f"{_psnr(r.get('image_psnr_db'))} |")
+            f"{_psnr(r.get('image_psnr_db'))} | {_load(r)} |")
     present = [c for c in TINY_COMPONENTS if any(c in (r.get("components") or {}) for r in rows)]
     lines += ["", "Per component, ms per call, median (min-max), and PSNR dB vs torch fp32 on the same inputs:", "",
               "| variant | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
@@ -175,7 +187,7 @@ def sd15_markdown(report: dict[str, Any]) -> str:
     if body.get("calibration"):
         lines += [f"NNCF calibration: {body['calibration']}.", ""]
     lines += ["| variant | batch | size MB | load s | step ms, median (min-max) | speed-up vs torch fp32 | GFLOP/s | "
-              "vs peaks | peak RSS MB (load / run) | PSNR dB |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "vs peaks | peak RSS MB (load / run) | PSNR dB | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("component") != "unet":
             continue
@@ -217,7 +229,7 @@ def sd15_markdown(report: dict[str, Any]) -> str:
 
 def _sd15_row(r: dict[str, Any], torch_fp32: dict[str, Any] | None, peaks: dict[str, float]) -> str:
     if "error" in r:
-        return f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | failed: {r['error'][:150]} |" + " |" * 6
+        return f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | failed: {r['error'][:150]} |" + " |" * 7
     mem = r.get("memory", {})
     speed = None
     if torch_fp32 and r.get("batch") == torch_fp32.get("batch"):
@@ -227,7 +239,7 @@ def _sd15_row(r: dict[str, Any], torch_fp32: dict[str, Any] | None, peaks: dict[
     return (f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | {_f(r.get('load_s'), 1)} | "
             f"{_lat(r.get('step'), 0)} | {_f(speed, 2, 'x')} | {_f(r.get('gflops_per_s'), 0)} | "
             f"{_peak_pct(r.get('gflops_per_s'), peaks, prec)} | {_f(mem.get('peak_load_mb'), 0)} / "
-            f"{_f(mem.get('peak_run_mb'), 0)} | {_psnr(r.get('psnr_db'))} |")
+            f"{_f(mem.get('peak_run_mb'), 0)} | {_psnr(r.get('psnr_db'))} | {_load(r)} |")
 
 
 # -------------------------------------------------------------------------------------------------- goals

@@ -8,7 +8,13 @@ Two measurements (DESIGN.md 3):
 * **end to end**: the torch :class:`~dhumandiff.model.sampler.ReferenceSampler` (mode ``single``) and the
   bundle's generator (``dhumandiff.runtimes.load_bundle``) on the same two faces, prompt, layout and seed (both
   draw the same NumPy noise). Judged by the decoded image's PSNR and by the cosine between the face embeddings
-  of each generated person (the model's own face analyzer on each person's box).
+  of each generated person (the model's own face analyzer; each face located once, in the reference image, and
+  the same crop embedded in both images).
+
+A quantised bundle records its own budget (``quantization.budget`` in ``bundle.json``, written by
+``export/quantize_modes.py``): image PSNR against the fp32 reference, and each generated person's similarity to
+its reference photo — by an evaluator encoder the model was not trained against (the tiny world's ``world-b``,
+as ``dhumandiff eval`` uses) — within ``identity_delta`` of the fp32 image's.
 
 The end-to-end reference is built from exactly the runtime's inputs: the faces go through the runtime's own
 preprocessing (``runtimes.imageio``: centre crop, bicubic resize, normalise) and the layout is snapped to the
@@ -173,36 +179,48 @@ def default_evaluator(model: DHumanDiff, analyzer: Any) -> Any:
     return analyzer
 
 
+FaceCrop = tuple[tuple[int, int, int, int], Any]
+
+
+def face_crops(analyzer: Any, image: np.ndarray, boxes: np.ndarray) -> list[FaceCrop]:
+    """Where each person's face is in ``image``: ``(person box in pixels, face inside it)``; the analyzer's
+    largest detection inside the box, else the whole box."""
+    from ..model.faces.base import Face
+
+    h, w = image.shape[:2]
+    out = []
+    for box in boxes:
+        x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
+        rect = (max(x0, 0), max(y0, 0), max(x1, x0 + 1), max(y1, y0 + 1))
+        region = np.ascontiguousarray(image[rect[1]:rect[3], rect[0]:rect[2]])
+        faces = analyzer.detect(region)
+        face = max(faces, key=lambda f: f.area) if faces else Face(bbox=[0, 0, region.shape[1], region.shape[0]])
+        out.append((rect, Face(bbox=list(face.bbox))))
+    return out
+
+
+def crop_embedding(analyzer: Any, image: np.ndarray, crop: FaceCrop) -> np.ndarray:
+    """The L2-normalised embedding of the face at ``crop`` (found in another image) in ``image``."""
+    from ..model.faces.base import l2_normalize
+
+    (x0, y0, x1, y1), face = crop
+    region = np.ascontiguousarray(image[y0:y1, x0:x1])
+    return l2_normalize(np.asarray(analyzer.embed(region, face), np.float32)).reshape(-1)
+
+
 def identity_similarity(evaluator: Any, images: Sequence[np.ndarray], references: Sequence[np.ndarray],
                         boxes: np.ndarray) -> list[list[float]]:
     """Per image, the cosine of each generated person's face to that person's reference photo.
 
-    The face of each person is located once, in ``images[0]`` (the fp32 reference image: the detector inside the
-    person's box, else the whole box), and that same crop is embedded in every image: the comparison measures
-    how the face's pixels changed, not whether a detector on a 64-pixel image happened to fire in both.
+    The face of each person is located once, in ``images[0]`` (the fp32 reference image), and that same crop is
+    embedded in every image: the comparison measures how the face's pixels changed, not whether a detector on a
+    64-pixel image happened to fire in both.
     """
-    from ..model.faces.base import Face, l2_normalize
-
     targets = [np.asarray(evaluator.analyze_single(np.ascontiguousarray(r), name="reference photo").embedding,
                           np.float32).reshape(-1) for r in references]
-    h, w = images[0].shape[:2]
-    crops = []
-    for box in boxes:
-        x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
-        rect = (max(x0, 0), max(y0, 0), max(x1, x0 + 1), max(y1, y0 + 1))
-        region = np.ascontiguousarray(images[0][rect[1]:rect[3], rect[0]:rect[2]])
-        faces = evaluator.detect(region)
-        face = max(faces, key=lambda f: f.area) if faces else Face(bbox=[0, 0, region.shape[1], region.shape[0]])
-        crops.append((rect, Face(bbox=list(face.bbox))))
-    out = []
-    for image in images:
-        sims = []
-        for (rect, face), target in zip(crops, targets):
-            region = np.ascontiguousarray(image[rect[1]:rect[3], rect[0]:rect[2]])
-            got = l2_normalize(np.asarray(evaluator.embed(region, face), np.float32)).reshape(-1)
-            sims.append(float(np.dot(got, target)))
-        out.append(sims)
-    return out
+    crops = face_crops(evaluator, images[0], boxes)
+    return [[float(np.dot(crop_embedding(evaluator, image, c), t)) for c, t in zip(crops, targets)]
+            for image in images]
 
 
 def component_tolerance(budget: dict[str, Any], name: str, precision: str) -> Tolerance:
@@ -300,18 +318,6 @@ def _face_input(model: DHumanDiff, image: Any, identity: Any):
                      bbox=(0.0, 0.0, float(crop.shape[1]), float(crop.shape[0])))
 
 
-def person_embedding(analyzer: Any, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """Embed the face inside one person's box (the whole box crop when the analyzer finds no face there)."""
-    from ..model.faces.base import Face
-
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = (int(round(v)) for v in (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
-    crop = np.ascontiguousarray(image[max(y0, 0):max(y1, y0 + 1), max(x0, 0):max(x1, x0 + 1)])
-    faces = analyzer.detect(crop)
-    face = max(faces, key=lambda f: f.area) if faces else Face(bbox=[0, 0, crop.shape[1], crop.shape[0]])
-    return np.asarray(analyzer.embed(crop, face), np.float32).reshape(-1)
-
-
 def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: dict[str, Any], *,
                       device: str = "cpu", seed: int = 0, steps: int | None = None, faces: Sequence[Any] | None = None,
                       prompt: str | None = None, person_words: tuple[str, str] | None = None,
@@ -366,8 +372,10 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
         except ImportError as exc:
             raise DHumanDiffError(f"cannot build this model's face analyzer ({exc}); pass another one "
                                   f"(CLI: --face-analyzer dlib, or insightface with --face-root)") from None
-    ident = [cosine(person_embedding(analyzer, reference, box), person_embedding(analyzer, produced, box))
-             for box in boxes]
+    # Each face is located once, in the reference image, and the same crop is compared in both: on 64-pixel
+    # images a detector that fires in one image and not the other would otherwise decide the score.
+    ident = [cosine(crop_embedding(analyzer, reference, c), crop_embedding(analyzer, produced, c))
+             for c in face_crops(analyzer, reference, boxes)]
     psnr = psnr_db(reference.astype(np.float64), produced.astype(np.float64), peak=255.0)
     fallback = END_TO_END_BUDGETS.get(manifest.precision, END_TO_END_BUDGETS["fp16"])
     min_psnr = float(budget.get("end_to_end_psnr_db", fallback["end_to_end_psnr_db"]))

@@ -12,6 +12,9 @@
 * ``int8-hybrid``: optimum-intel's recipe for diffusion UNets: MatMul weights compressed to int8 (weight-only),
   then Convolutions (and the activations feeding them) quantised by ``nncf.quantize`` with the MatMuls ignored.
 
+In both ``int8`` and ``int8-hybrid`` only the UNet's activations are quantised; the encoders get ``int8-weights``
+(optimum-intel quantises diffusion pipelines the same way; ``quantize_modes.py`` has the measurement).
+
 Layers the sensitivity analysis names stay float through ``nncf.IgnoredScope``. IR converted from the traced
 wrapper names each op after the module that made it (``__module.identity_unet.unet.conv_in/aten::_convolution/
 Convolution``), so a layer's ops are the weight-bearing ops under ``__module.{wrapper path}/``.
@@ -108,6 +111,8 @@ def quantize(job: QuantJob) -> list[str]:
     scope = nncf.IgnoredScope(names=keep) if keep else None
     opts = job.options
     name = job.mode.name
+    if name in ("int8", "int8-hybrid") and not job.mode.quantizes_activations(job.name):
+        name = "int8-weights"  # optimum-intel's recipe: the encoders get int8 weights only
     with _quiet():
         if name == "int8-weights":
             mode = nncf.CompressWeightsMode.INT8_SYM if opts.symmetric else nncf.CompressWeightsMode.INT8_ASYM
@@ -141,8 +146,8 @@ def quantize(job: QuantJob) -> list[str]:
     for rel in job.files:
         (job.root / rel).unlink()
     ov.save_model(model, str(xml), compress_to_fp16=False)
-    job.info.update(_census(model), ignored_ops=len(keep),
-                    calibration_samples=len(job.samples or []) if job.mode.activations else 0)
+    job.info.update(_census(model), ignored_ops=len(keep), method=name,
+                    calibration_samples=len(job.samples or []) if name in ("int8", "int8-hybrid") else 0)
     return [xml.name, xml.with_suffix(".bin").name]
 
 
