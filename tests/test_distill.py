@@ -42,11 +42,26 @@ def test_consistency_distillation_produces_a_few_step_student(tmp_path):
     faces = tuple(FaceInput(np.zeros((112, 112, 3), np.uint8), rng.standard_normal(512).astype(np.float32),
                             rng.standard_normal((3, 56, 56)).astype(np.float32), (0, 0, 112, 112)) for _ in range(2))
     sampler = ReferenceSampler(loaded)
-    for steps in (1, 2, 4):
-        out = sampler.sample(faces, torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], default_boxes(),
-                             steps=steps, seed=0, guidance=1.0, sampler="lcm")
-        assert out.unet_passes == steps, "a CFG-free student runs one batch-1 UNet pass per step"
-        assert torch.isfinite(out.image).all()
+    for name in ("lcm", "tcd"):
+        for steps in (1, 2, 4):
+            out = sampler.sample(faces, torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], default_boxes(),
+                                 steps=steps, seed=0, guidance=1.0, sampler=name)
+            assert out.unet_passes == steps, "a CFG-free student runs one batch-1 UNet pass per step"
+            assert torch.isfinite(out.image).all()
+
+    # a second distillation continues from this student (--init-student), not from the teacher's UNet
+    d2 = ConsistencyDistiller(teacher, data, ConsistencyConfig(steps=1, batch_size=2, init_student=str(path)))
+    saved = loaded.unet.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in d2.student.unet.state_dict().items())
+    assert all(torch.equal(v, saved[k]) for k, v in d2.target.unet.state_dict().items()), "EMA target too"
+    assert any(not torch.equal(v, saved[k]) for k, v in teacher.unet.state_dict().items())
+    import pytest
+
+    from dhumandiff.errors import DHumanDiffError
+
+    teacher_dir = teacher.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(DHumanDiffError, match="not a distilled student"):
+        ConsistencyDistiller(teacher, data, ConsistencyConfig(steps=1, batch_size=2, init_student=str(teacher_dir)))
 
 
 def test_lora_student_trains_only_adapters_and_fuses_into_a_plain_unet(tmp_path):

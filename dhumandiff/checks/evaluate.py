@@ -32,6 +32,7 @@ from PIL import Image
 
 from ..data import world as W
 from ..data.dataset import PairHumanDataset
+from ..errors import FaceNotFoundError, MultipleFacesError
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.face_inputs import prepare_face
 from ..model.faces.base import Face, FaceAnalyzer, l2_normalize
@@ -60,9 +61,10 @@ class EvalSetting:
 class EvalReport:
     rows: list[dict] = field(default_factory=list)
     per_image: dict[str, list[dict]] = field(default_factory=dict)
+    skipped_records: int = 0  # held-out records passed over: no reference photo with one detectable face
 
     def to_json(self) -> dict:
-        return {"rows": self.rows, "per_image": self.per_image}
+        return {"rows": self.rows, "per_image": self.per_image, "skipped_records": self.skipped_records}
 
     def markdown(self) -> str:
         cols = ["label", "mode", "steps", "identity_similarity", "swap_rate", "attribute_accuracy",
@@ -70,6 +72,9 @@ class EvalReport:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in self.rows:
             lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+        if self.skipped_records:
+            lines += ["", f"{self.skipped_records} held-out record(s) skipped: no reference photo of one of its "
+                          f"identities shows a single usable face."]
         return "\n".join(lines)
 
 
@@ -148,16 +153,29 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
     ds = PairHumanDataset(data_dir, split="heldout", use_reference_faces=False)
     if len(ds) == 0:
         ds = PairHumanDataset(data_dir, use_reference_faces=False)
-    n = min(limit, len(ds))
-    items = [ds[i] for i in range(n)]
+    root = Path(data_dir)
+    analyzers = [evaluator] + [default_analyzer(st.model) for st in settings]
+    items, references, skipped = [], [], 0
+    for i in range(len(ds)):
+        if len(items) == limit:
+            break
+        it = ds[i]
+        refs = [_usable_reference(root, ident, analyzers) for ident in it["identity_ids"]]
+        if None in refs:  # no photo of this identity shows one usable face to every analyzer: not a fair record
+            skipped += 1
+            continue
+        items.append(it)
+        references.append(refs)
+    n = len(items)
+    if n == 0:
+        raise ValueError(f"no held-out record of {data_dir} has a usable reference photo for both identities")
     real = [(np.asarray(it["pixel_values"].permute(1, 2, 0).numpy() * 127.5 + 127.5)).clip(0, 255).astype(np.uint8)
             for it in items]
     setting_names = [_setting_of(it) for it in items]
     reader = SettingReader(real, setting_names)
     attr_reader = WorldAttributeReader()
     detector = WorldFaceDetector()
-    root = Path(data_dir)
-    report = EvalReport()
+    report = EvalReport(skipped_records=skipped)
     ref_vae = settings[0].model.vae
     real_feats = _latent_feats(ref_vae, real)
     for st in settings:
@@ -170,7 +188,7 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
         rows, outputs, sheets = [], [], []
         t_total, passes = 0.0, 0
         for k, it in enumerate(items):
-            refs = [_reference_path(root, ident) for ident in it["identity_ids"]]
+            refs = references[k]
             ref_imgs = [load_rgb(p) for p in refs]
             faces = tuple(prepare_face(analyzer, im, cfg.face_size, cfg.clip_size, cfg.clip_mean, cfg.clip_std,
                                        name=str(p)) for im, p in zip(ref_imgs, refs))
@@ -212,11 +230,21 @@ def _setting_of(item: dict) -> str:
     return "unknown"
 
 
-def _reference_path(root: Path, identity: str) -> Path:
+def _usable_reference(root: Path, identity: str, analyzers: list[FaceAnalyzer]) -> Path | None:
+    """The identity's first reference photo which every analyzer (the judge's and each model's) accepts as a
+    photo of one person; None when none does (the record is then skipped and counted, not scored on a guess)."""
     files = sorted((root / "faces" / identity).glob("*.png"))
     if not files:
         raise FileNotFoundError(f"no reference photo for identity {identity} under {root / 'faces'}")
-    return files[0]
+    for path in files:
+        img = load_rgb(path)
+        try:
+            for a in analyzers:
+                a.analyze_single(img, name=str(path))
+        except (FaceNotFoundError, MultipleFacesError):
+            continue
+        return path
+    return None
 
 
 def _score(img, item, ref_imgs, boxes, evaluator, detector, attr_reader, reader) -> dict:

@@ -29,7 +29,7 @@ def calibrate(
     count: int = typer.Option(4, "--count", help="Records to generate from (each: every sampler step)."),
     seed: int = typer.Option(0, "--seed", help="Picks the records and seeds their noise (same seed, same set)."),
     steps: int = typer.Option(None, "--steps", help="Sampler steps (default: the model's, i.e. the bundle's)."),
-    sampler: str = typer.Option(None, "--sampler", help="ddim, euler or lcm (default: the model's)."),
+    sampler: str = typer.Option(None, "--sampler", help="ddim, euler, lcm or tcd (default: the model's)."),
     split: str = typer.Option(None, "--split", help="Only records of this split (train, heldout)."),
     sensitivity: bool = typer.Option(True, "--sensitivity/--no-sensitivity",
                                      help="Also rank UNet layers by sensitivity (sensitivity.json)."),

@@ -123,6 +123,9 @@ def distill(
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank for lcm-lora."),
     identity_loss: float = typer.Option(0.0, "--identity-loss", help="lcm: weight of the identity loss on the "
                                                                      "student's one-step output."),
+    init_student: str = typer.Option(None, "--init-student", help="lcm: continue from this earlier student "
+                                                                  "(embedded name or folder) instead of the "
+                                                                  "teacher's UNet."),
     mask_records: int = typer.Option(256, "--mask-records", help="cascade-fold: records whose cascade masks "
                                                                  "are computed by the teacher."),
     max_minutes: float = typer.Option(None, "--max-minutes"),
@@ -141,7 +144,7 @@ def distill(
         cfg = ConsistencyConfig(steps=steps, batch_size=batch_size, guidance_scale=guidance,
                                 lr=lr or (1e-3 if method == "lcm-lora" else 1e-4), max_minutes=max_minutes,
                                 seed=seed, lora_rank=lora_rank if method == "lcm-lora" else 0,
-                                identity_loss_weight=identity_loss)
+                                identity_loss_weight=identity_loss, init_student=init_student)
     else:
         raise typer.BadParameter("--method must be lcm, lcm-lora or cascade-fold")
     with progress_bar("distilling") as update:
@@ -157,6 +160,8 @@ def evaluate(
     steps: int = typer.Option(30, "--steps", help="Steps for full models."),
     modes: str = typer.Option("single,cascade", "--modes", help="Modes for full models."),
     student_steps: str = typer.Option("1,2,4", "--student-steps", help="Step counts for distilled (LCM) models."),
+    student_samplers: str = typer.Option(None, "--student-samplers",
+                                         help="Samplers for distilled models, e.g. lcm,tcd (default: the model's)."),
     limit: int = typer.Option(24, "--limit", help="Held-out images per setting."),
     evaluator: str = typer.Option("world-b", "--evaluator", help="world-b (second world encoder), dlib, insightface."),
     evaluator_path: Path = typer.Option(None, "--evaluator-path", help="Encoder folder (world-b) or insightface models folder."),
@@ -178,9 +183,15 @@ def evaluate(
     settings = []
     for name in models:
         model = load_model(name)
-        if model.config.defaults.get("sampler") == "lcm":
-            for n in (int(x) for x in student_steps.split(",") if x):
-                settings.append(EvalSetting(f"{Path(name).name}-{n}step", model, "single", n))
+        own = model.config.defaults.get("sampler")
+        if own in ("lcm", "tcd"):  # a distilled student: CFG-free, single pass per step
+            samplers = [x for x in (student_samplers or own).split(",") if x]
+            for smp in samplers:
+                if smp not in ("lcm", "tcd"):
+                    raise typer.BadParameter(f"--student-samplers takes lcm and/or tcd, got {smp!r}")
+                for n in (int(x) for x in student_steps.split(",") if x):
+                    tag = "" if len(samplers) == 1 and smp == own else f"-{smp}"
+                    settings.append(EvalSetting(f"{Path(name).name}-{n}step{tag}", model, "single", n, sampler=smp))
         else:
             folded = bool(model.config.defaults.get("folded_from"))  # a folded cascade runs single mode only
             for mode in (m for m in modes.split(",") if m and not (folded and m != "single")):

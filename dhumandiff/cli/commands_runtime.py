@@ -34,7 +34,7 @@ def generate(
     face_index_a: int = typer.Option(None, "--face-index-a", "--face-index", help="Pick a face when photo a shows several (0 = largest)."),
     face_index_b: int = typer.Option(None, "--face-index-b", help="Pick a face when photo b shows several (0 = largest)."),
     person_words: str = typer.Option(None, "--person-words", help="The two words naming the people, e.g. 'bride,groom'."),
-    sampler: str = typer.Option(None, "--sampler", help="ddim, euler or lcm (default: the model's)."),
+    sampler: str = typer.Option(None, "--sampler", help="ddim, euler, lcm or tcd (default: the model's)."),
     vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 (fixes an fp16 VAE overflow) or fp16 (PyTorch model only)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""

@@ -43,6 +43,9 @@ class ConsistencyConfig:
     # the student is judged on faces too, not only on matching the teacher's trajectory.
     identity_loss_weight: float = 0.0
     identity_loss_batch: int = 4
+    # Continue an earlier distillation: the student and its EMA target start from this student model's UNet
+    # (a folder written by ``dhumandiff distill``; same architecture as the teacher's) instead of the teacher's.
+    init_student: str | None = None
 
 
 def boundary_scalings(t: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
@@ -51,6 +54,23 @@ def boundary_scalings(t: torch.Tensor, timestep_scaling: float = 10.0, sigma_dat
     c_skip = sigma_data**2 / (s**2 + sigma_data**2)
     c_out = s / (s**2 + sigma_data**2) ** 0.5
     return c_skip, c_out
+
+
+def _student_unet_weights(folder: str, teacher: DHumanDiff) -> dict[str, torch.Tensor]:
+    """The UNet weights of an earlier student, checked against the teacher's architecture."""
+    from ..errors import DHumanDiffError
+    from ..model.registry import resolve_model
+
+    earlier = DHumanDiff.from_pretrained(resolve_model(folder))
+    if not earlier.config.defaults.get("distilled_from"):
+        raise DHumanDiffError(f"--init-student {folder} is not a distilled student (no 'distilled_from' in its "
+                              f"config): pass a folder written by `dhumandiff distill`")
+    state = earlier.unet.state_dict()
+    mine = teacher.unet.state_dict()
+    if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+        raise DHumanDiffError(f"--init-student {folder} has another UNet architecture than the teacher's: "
+                              f"distil it from the same teacher")
+    return state
 
 
 def _expand(x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +100,8 @@ class ConsistencyDistiller:
         self.ddim_t = (torch.arange(1, config.num_ddim_timesteps + 1) * self.k - 1).long()
         # the student: a deep copy of the teacher's UNet (same processors), trained; its EMA copy is the target
         self.student = copy.deepcopy(teacher.identity_unet).train()
+        if config.init_student:
+            self.student.unet.load_state_dict(_student_unet_weights(config.init_student, teacher))
         if config.lora_rank > 0:
             self.params = add_lora(self.student.unet, config.lora_rank, seed=config.seed)
         else:

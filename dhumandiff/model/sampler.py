@@ -20,14 +20,16 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler
 
 from ..utils.numerics import check_finite
 from ..utils.regions import region_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput
 
-SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler}
+SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}
+#: TCD's gamma (diffusers' ``eta``): the share of each step re-noised; the runtimes' NumPy TCD uses the same.
+TCD_ETA = 0.3
 
 
 @dataclass
@@ -44,7 +46,7 @@ class SamplerOutput:
 class NoiseSource:
     """The shared noise convention of the reference and the runtimes: ONE ``np.random.default_rng(seed)`` per
     image, drawing float64 normals cast to float32 — first the initial latents, then each stochastic
-    scheduler step's noise (LCM), in order."""
+    scheduler step's noise (LCM, TCD), in order."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -54,7 +56,16 @@ class NoiseSource:
 
 
 def scheduler_step(sched, eps: torch.Tensor, t, latents: torch.Tensor, noise: NoiseSource | None) -> torch.Tensor:
-    """One scheduler step; LCM's re-noising uses ``noise`` (the runtimes' NumPy draw) instead of torch's RNG."""
+    """One scheduler step; LCM's and TCD's re-noising use ``noise`` (the runtimes' NumPy draw), not torch's RNG."""
+    if isinstance(sched, TCDScheduler):
+        out = sched.step(eps, t, latents, eta=TCD_ETA)
+        idx = sched.step_index - 1
+        if TCD_ETA > 0 and noise is not None and idx != len(sched.timesteps) - 1:
+            prev_t = int(sched.timesteps[idx + 1])
+            s = int(np.floor((1 - TCD_ETA) * prev_t))
+            ratio = sched.alphas_cumprod[prev_t] / sched.alphas_cumprod[s]
+            return ratio.sqrt() * out.pred_noised_sample + (1 - ratio).sqrt() * noise.draw(tuple(latents.shape))
+        return out.pred_noised_sample
     out = sched.step(eps, t, latents)
     if isinstance(sched, LCMScheduler) and noise is not None:
         idx = sched.step_index - 1  # step() already advanced it
