@@ -92,6 +92,32 @@ def test_generation_is_deterministic_per_seed(tiny: dict[str, TinyBundle], faces
     assert not np.array_equal(a.latents, c.latents)
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_low_memory_holds_one_graph_at_a_time(tiny: dict[str, TinyBundle], faces: tuple[Any, Any],
+                                              runtime: str) -> None:
+    """--low-memory: each phase's graphs are released when it ends; the image is the same as a normal run's."""
+    normal = load_bundle(tiny[runtime].path, num_threads=1)
+    low = load_bundle(tiny[runtime].path, num_threads=1, low_memory=True)
+    held: list[list[str]] = []
+    inner_run = low.runner.run
+
+    def spy(component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = inner_run(component, inputs)
+        held.append(low.runner.loaded)
+        return out
+
+    low.runner.run = spy  # type: ignore[method-assign]
+    a = normal(*faces, PROMPT, seed=2, steps=3)
+    b = low(*faces, PROMPT, seed=2, steps=3)
+    np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert low.runner.loaded == [] and normal.runner.loaded == sorted(normal.manifest.components)
+    assert max(len(h) for h in held) == 3, "only the face encoders share a phase"
+    assert all(h == ["unet"] for h in held if "unet" in h), "the UNet runs alone"
+    assert held[-1] == ["vae_decoder"]
+    low(*faces, PROMPT, seed=2, steps=3)  # graphs load again on the next image
+    assert low.runner.loaded == []
+
+
 def test_onnx_matches_the_torch_reference(tiny: dict[str, TinyBundle], faces: tuple[Any, Any]) -> None:
     b = tiny["onnx"]
     gen = load_bundle(b.path, num_threads=1)

@@ -36,6 +36,7 @@ def generate(
     person_words: str = typer.Option(None, "--person-words", help="The two words naming the people, e.g. 'bride,groom'."),
     sampler: str = typer.Option(None, "--sampler", help="ddim, euler, lcm or tcd (default: the model's)."),
     vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 (fixes an fp16 VAE overflow) or fp16 (PyTorch model only)."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Bundles: hold one graph in memory at a time (peak = the largest graph; slower)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
     from ..errors import PromptError, SettingsError
@@ -48,6 +49,8 @@ def generate(
     check_output_path(out)
     vae_precision = check_vae_precision(vae_precision)
     t0 = time.time()
+    if low_memory and bundle is None:
+        raise SettingsError("--low-memory applies to exported bundles: add --bundle DIR")
     if bundle is not None:
         from ..runtimes import load_bundle
 
@@ -56,7 +59,7 @@ def generate(
         if mode != "single":
             raise SettingsError(f"bundles run --mode single only (got {mode!r}); use the PyTorch model (--model) "
                                 "for the cascade")
-        gen = load_bundle(bundle, device=device, runtime=runtime)
+        gen = load_bundle(bundle, device=device, runtime=runtime, low_memory=low_memory)
         with progress_bar("generating") as update:
             res = gen(face_a, face_b, prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale, seed=seed,
                       layout=layout, sampler=sampler, person_words=words, face_index_a=face_index_a,

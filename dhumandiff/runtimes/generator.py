@@ -72,9 +72,15 @@ class BundleGenerator:
         runner: GraphRunner,
         tokenizer: PromptTokenizer,
         tokenizer_2: PromptTokenizer | None = None,
+        *,
+        low_memory: bool = False,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
+        #: Apple's ``reduceMemory`` for every runtime: each graph is loaded when its phase starts and released
+        #: when the phase ends, so an image's peak memory is the largest graph's, not the sum of all of them
+        #: (slower: every image loads/compiles each graph again).
+        self.low_memory = low_memory
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2 or tokenizer
         self.cropper = FaceCropper(manifest.identity)
@@ -113,6 +119,13 @@ class BundleGenerator:
             ids2, _ = self.tokenizer_2.encode(prompt)
         out2 = self.runner.run("text_encoder_2", {"input_ids": ids2})
         return np.concatenate([ctx, out2["prompt_embeds"]], axis=-1), out2["pooled_prompt_embeds"]
+
+    def _done_with(self, *components: str) -> None:
+        """In low-memory mode, release the graphs of a finished phase (runners without ``release`` keep them)."""
+        release = getattr(self.runner, "release", None)
+        if self.low_memory and release is not None:
+            for name in components:
+                release(name)
 
     # ----------------------------------------------------------------------------------------- settings
 
@@ -195,6 +208,7 @@ class BundleGenerator:
 
         t0 = time.perf_counter()
         pa, pb = self.encode_person(img_a), self.encode_person(img_b)
+        self._done_with("identity_encoder", "image_encoder", "face_projection")
         timings["encode_faces"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -206,6 +220,7 @@ class BundleGenerator:
             ctx = np.concatenate([uctx, ctx], axis=0)
             pooled = None if pooled is None else np.concatenate([upooled, pooled], axis=0)  # type: ignore[list-item]
             ip_tokens = np.concatenate([np.zeros_like(ip_tokens), ip_tokens], axis=0)
+        self._done_with("text_encoder", "text_encoder_2")
         timings["encode_text"] = time.perf_counter() - t0
 
         h, w = m.latent_size
@@ -240,6 +255,7 @@ class BundleGenerator:
             latents = sched.step(eps, t, latents, generator_noise=rng)
             if progress is not None:
                 progress(i + 1, total)
+        self._done_with("unet")
         timings["denoise"] = time.perf_counter() - t0
         timings["unet_per_step"] = timings["denoise"] / max(total, 1)
 
@@ -248,6 +264,7 @@ class BundleGenerator:
             "vae_decoder", {"latent_sample": (latents / np.float32(m.latent.scaling_factor)).astype(np.float32)}
         )["sample"]
         image = postprocess(decoded)
+        self._done_with("vae_decoder")
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         settings = {
@@ -312,11 +329,13 @@ def load_bundle(
     *,
     num_threads: int | None = None,
     verify: bool = True,
+    low_memory: bool = False,
 ) -> BundleGenerator:
     """Validate a bundle (sha256 of every file unless ``verify=False``) and prepare its runtime.
 
     ``runtime``: None takes the bundle's own; a different one is refused with what to do. Graphs are loaded
-    on first use, so a bad prompt fails before the UNet is read.
+    on first use, so a bad prompt fails before the UNet is read. ``low_memory``: hold one graph at a time
+    (each is released when its phase ends), for devices where the whole pipeline does not fit.
     """
     m = load_manifest(path, runtime=runtime, verify=verify)
     root = Path(m.root)  # type: ignore[arg-type]
@@ -325,7 +344,7 @@ def load_bundle(
         runner.graph_precision = graph_precisions(m)
     tok = PromptTokenizer.from_spec(root / m.tokenizer.file, m.tokenizer)
     tok2 = PromptTokenizer.from_spec(root / m.tokenizer_2.file, m.tokenizer_2) if m.tokenizer_2 else None
-    return BundleGenerator(m, runner, tok, tok2)
+    return BundleGenerator(m, runner, tok, tok2, low_memory=low_memory)
 
 
 def describe(probe_torch: bool = True) -> dict[str, Any]:

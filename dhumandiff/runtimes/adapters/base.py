@@ -8,6 +8,7 @@ the NaN/Inf gate after every run.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -72,6 +73,16 @@ class BaseRunner:
         if component not in self._handles:
             self._handles[component] = self._load(component)
         return self._handles[component]
+
+    def release(self, component: str) -> None:
+        """Drop a loaded graph (it loads again on its next use): the low-memory generator holds one at a time."""
+        if self._handles.pop(component, None) is not None:
+            gc.collect()
+
+    @property
+    def loaded(self) -> list[str]:
+        """The components whose graphs are in memory now."""
+        return sorted(self._handles)
 
     def prepare(self, component: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names and shapes against the manifest and cast to its dtypes (an fp16 graph takes fp16)."""
