@@ -48,7 +48,7 @@ def test_tiny_report_files_and_sane_fields(tiny_run):
 
     with Image.open(out / "bench_tiny.png") as img:
         assert img.format == "PNG" and img.size[0] > 300
-    assert set(rows) == {"torch fp32", "onnx fp32"}
+    assert set(rows) == {"torch fp32", "onnx fp32", "onnx fp32, low-memory"}
     assert report["steps"] == 2 and report["settings"]["repeats"] == 2
     assert len(report["load_average_start"]) == 3 and len(report["load_average_end"]) == 3
     for row in rows.values():
@@ -71,6 +71,14 @@ def test_bundle_rows_run_without_torch(tiny_run):
     assert rows["onnx fp32"]["torch_loaded"] is False  # its memory reading is onnxruntime's alone
     assert rows["torch fp32"]["torch_loaded"] is True
     assert rows["onnx fp32"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_low_memory_row_makes_the_same_image(tiny_run):
+    rows = tiny_run["rows"]
+    low, full = rows["onnx fp32, low-memory"], rows["onnx fp32"]
+    assert low["image_psnr_db"] == full["image_psnr_db"]  # the same pixels as the normal run (vs torch fp32)
+    assert low["load_phases_s"].keys() == {"manifest"}, "low-memory loads no graph up front"
+    assert low["torch_loaded"] is False
 
 
 def test_sizes_match_files_on_disk(tiny_run):
@@ -239,6 +247,7 @@ def test_end_to_end_estimate_and_goals_from_rows():
     assert est["complete"] and est["per_component"]["unet"]["variant"] == "unet-b1"  # the 20 dB one is refused
     assert est["warm_s"] == pytest.approx((2 * 300 + 2 * 10 + 20 + 4 * 700 + 900) / 1000)
     assert est["memory_mb"] == pytest.approx(100 + 5 * 400)
+    assert est["memory_low_mb"] == pytest.approx(100 + 2 * 400)  # largest phase: image encoder + projection
     goals = {g["goal"]: g for g in evaluate_goals({"scale": "sd15", "variants": rows, "estimate": est})}
     assert goals["end to end 512x512 with the 4-step student <= 10 s"]["met"] is True
     step = next(g for k, g in goals.items() if k.startswith("sd15 UNet step"))
@@ -265,5 +274,7 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
                                          else r["component"]]
         assert r["gflops_per_s"] == pytest.approx(flops / (r["step"]["median_ms"] / 1e3) / 1e9)
     assert rows["ov-int4-weights"]["size_bytes"] < rows["ov-fp32"]["size_bytes"]
+    assert rows["image_encoder-ov-int8-weights"]["size_bytes"] < rows["image_encoder-ov-fp32"]["size_bytes"]
+    assert report["estimate"]["memory_low_mb"] < report["estimate"]["memory_mb"]
     assert report["estimate"]["complete"] and paths["png"].is_file()
     assert "Where the time goes" in paths["md"].read_text()

@@ -227,6 +227,10 @@ def plan_variants(settings: Any, progress: Progress) -> tuple[list[Variant], dic
         if seen[label] > 1:
             label += f" [{bundle.name}]"
         variants.append(Variant(label, job, runtime, precision, src, str(bundle)))
+        if runtime in ("onnx", "openvino") and precision == "fp32":
+            variants.append(Variant(f"{label}, low-memory", {**job, "low_memory": True}, runtime, precision, src,
+                                    str(bundle), ["--low-memory: one graph loaded at a time, each phase loads its "
+                                                  "graphs again (image time includes those loads)"]))
         if runtime == "openvino" and precision != "fp16" and bf16_cpu and settings.ov_bf16:
             # the adapter pins f32 on CPU for parity; OpenVINO's own default on bf16-capable CPUs is bf16
             variants.append(Variant(f"{label} -> bf16 inference", {**job, "ov_hint": "bf16"}, runtime,
