@@ -217,7 +217,7 @@ def plan_variants(settings: Any, progress: Progress) -> tuple[list[Variant], dic
             variants.append(Variant(label + _model_tag(src, base), job, "torch", precision, src))
     bf16_cpu = bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]))
     seen: dict[str, int] = {}
-    for bundle, _ in bundles:
+    for bundle, ours in bundles:
         label, runtime, precision = _bundle_label(bundle)
         src = _source_model(bundle) or settings.model
         job = {**common, "engine": "bundle", "bundle": str(bundle),
@@ -227,7 +227,7 @@ def plan_variants(settings: Any, progress: Progress) -> tuple[list[Variant], dic
         if seen[label] > 1:
             label += f" [{bundle.name}]"
         variants.append(Variant(label, job, runtime, precision, src, str(bundle)))
-        if runtime in ("onnx", "openvino") and precision == "fp32":
+        if ours and runtime in ("onnx", "openvino") and precision == "fp32":
             variants.append(Variant(f"{label}, low-memory", {**job, "low_memory": True}, runtime, precision, src,
                                     str(bundle), ["--low-memory: one graph loaded at a time, each phase loads its "
                                                   "graphs again (image time includes those loads)"]))
