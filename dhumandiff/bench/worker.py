@@ -199,7 +199,7 @@ def run_pipeline(job: dict[str, Any]) -> dict[str, Any]:
             continue
         feed = inputs[name]
         timing, out = time_calls(lambda: gen.runner.run(name, feed), warmup, repeats)
-        if getattr(gen, "low_memory", False):
+        if gen.low_memory:
             gen.runner.release(name)  # keep the one-graph-at-a-time peak through the component timings too
         components[name] = timing.to_dict()
         arrays.update({f"{name}/{k}": np.asarray(v, np.float32) for k, v in out.items()})

@@ -154,13 +154,19 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
     if len(ds) == 0:
         ds = PairHumanDataset(data_dir, use_reference_faces=False)
     root = Path(data_dir)
-    analyzers = [evaluator] + [default_analyzer(st.model) for st in settings]
+    # one face analyzer per model (a student's 1/2/4-step settings share theirs), built once for all settings
+    model_analyzers = {id(st.model): default_analyzer(st.model) for st in settings}
+    analyzers = [evaluator, *model_analyzers.values()]
+    usable: dict[str, Path | None] = {}  # identity -> its usable reference photo (identities recur across records)
     items, references, skipped = [], [], 0
     for i in range(len(ds)):
         if len(items) == limit:
             break
         it = ds[i]
-        refs = [_usable_reference(root, ident, analyzers) for ident in it["identity_ids"]]
+        for ident in it["identity_ids"]:
+            if ident not in usable:
+                usable[ident] = _usable_reference(root, ident, analyzers)
+        refs = [usable[ident] for ident in it["identity_ids"]]
         if None in refs:  # no photo of this identity shows one usable face to every analyzer: not a fair record
             skipped += 1
             continue
@@ -180,7 +186,7 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
     real_feats = _latent_feats(ref_vae, real)
     for st in settings:
         model = st.model.eval()
-        analyzer = default_analyzer(model)
+        analyzer = model_analyzers[id(st.model)]
         sampler = ReferenceSampler(model)
         cfg = model.config
         steps = st.steps or cfg.defaults.get("steps", 30)

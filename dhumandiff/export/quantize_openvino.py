@@ -111,7 +111,8 @@ def quantize(job: QuantJob) -> list[str]:
     scope = nncf.IgnoredScope(names=keep) if keep else None
     opts = job.options
     name = job.mode.name
-    if name in ("int8", "int8-hybrid") and not job.mode.quantizes_activations(job.name):
+    activations = job.mode.quantizes_activations(job.name)
+    if job.mode.activations and not activations:
         name = "int8-weights"  # optimum-intel's recipe: the encoders get int8 weights only
     with _quiet():
         if name == "int8-weights":
@@ -147,7 +148,7 @@ def quantize(job: QuantJob) -> list[str]:
         (job.root / rel).unlink()
     ov.save_model(model, str(xml), compress_to_fp16=False)
     job.info.update(_census(model), ignored_ops=len(keep), method=name,
-                    calibration_samples=len(job.samples or []) if name in ("int8", "int8-hybrid") else 0)
+                    calibration_samples=len(job.samples or []) if activations else 0)
     return [xml.name, xml.with_suffix(".bin").name]
 
 
