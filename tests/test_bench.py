@@ -270,11 +270,16 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
     assert rows["torch-fp32"]["psnr_db"] == 200.0 and rows["ort-fp32"]["psnr_db"] > 60
     for r in rows.values():
         _check_timing(r["step"], 2)
-        flops = report["meta"]["flops"]["unet_batch1" if r["batch"] == 1 and r["component"] == "unet"
-                                         else r["component"]]
+        flops = report["meta"]["flops"][r.get("reference") or ("unet_batch1" if r["batch"] == 1
+                                                               and r["component"] == "unet" else r["component"])]
         assert r["gflops_per_s"] == pytest.approx(flops / (r["step"]["median_ms"] / 1e3) / 1e9)
     assert rows["ov-int4-weights"]["size_bytes"] < rows["ov-fp32"]["size_bytes"]
     assert rows["image_encoder-ov-int8-weights"]["size_bytes"] < rows["image_encoder-ov-fp32"]["size_bytes"]
     assert report["estimate"]["memory_low_mb"] < report["estimate"]["memory_mb"]
+    # the distilled tiny decoder's graph against its own torch output, and fewer FLOPs than the full decoder
+    assert rows["vae_decoder-tiny-ov-fp32"]["psnr_db"] > 60 and rows["vae_decoder-tiny-ov-bf16"]["psnr_db"] > 25
+    assert report["meta"]["flops"]["vae_decoder_tiny"] < report["meta"]["flops"]["vae_decoder"]
+    assert report["estimate_full_decoder"]["complete"]
+    assert "tiny" not in report["estimate_full_decoder"]["per_component"]["vae_decoder"]["variant"]
     assert report["estimate"]["complete"] and paths["png"].is_file()
     assert "Where the time goes" in paths["md"].read_text()

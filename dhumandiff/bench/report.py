@@ -216,6 +216,13 @@ def sd15_markdown(report: dict[str, Any]) -> str:
                          f"{_f(e['ms_per_image'], 0)} | {_psnr(e['psnr_db'])} |")
         lines.append(f"| **total** | | | | **{_f(est['warm_s'] * 1000, 0)}** (cold {_f(est['cold_s'], 1)} s, "
                      f"{_f(est['cold_over_warm'], 2)}x) | |")
+        full = body.get("estimate_full_decoder") or {}
+        if full.get("complete") and full.get("warm_s") != est.get("warm_s"):
+            dec = full["per_component"]["vae_decoder"]
+            lines += ["", f"With the full VAE decoder instead ({dec['variant']}, {_f(dec['ms_per_call'], 0)} ms): "
+                          f"{_f(full['warm_s'], 1)} s per image warm, cold {_f(full['cold_s'], 1)} s. The distilled "
+                          f"tiny decoder here has random weights (its speed is what is measured); its fidelity to the "
+                          f"full decoder is measured where it is trained, on the tiny default (BENCHMARKS.md)."]
     elif est:
         lines += ["", f"End-to-end estimate incomplete: no usable measurement for {', '.join(est.get('missing', []))}."]
     prof = [r for r in rows if r.get("profile")]

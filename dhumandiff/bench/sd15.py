@@ -37,6 +37,10 @@ WORDS = ["a", "photo", "of", "man", "woman", "and"]
 #: Non-UNet components measured for the end-to-end estimate (the sd15 backbone ships no identity encoder:
 #: ArcFace comes from insightface, outside the bundle).
 OTHER_COMPONENTS = ("text_encoder", "image_encoder", "face_projection", "vae_decoder")
+#: The distilled tiny VAE decoder's graph folder and reference name (its own torch output: random weights at this
+#: scale, so its fidelity to the full decoder is measured where it is trained, at the tiny scale).
+TINY_VAE_DIR = "openvino-tinyvae"
+TINY_VAE_REF = "vae_decoder_tiny"
 #: The issue's reference: OpenVINO + NNCF int8 PTQ ran one step in ~1,430 ms on this machine.
 REFERENCE_STEP_MS = 1430.0
 
@@ -56,6 +60,7 @@ class GraphVariant:
     batch: int | None = None  # reshape (OpenVINO) / cut the inputs to this batch
     profile: bool = False
     needs: str | None = None  # the preparation step that writes ``file``
+    reference: str | None = None  # a graph with its own torch reference (``reference-<name>.npz``, flops key)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -95,7 +100,12 @@ OTHER_VARIANTS += (
     GraphVariant("image_encoder-ov-int8-weights", "image_encoder: openvino int8 weights (bf16 compute)", "openvino",
                  "int8-weights", "openvino-int8-weights-image_encoder/image_encoder.xml", component="image_encoder",
                  needs="weights_int8_image_encoder"),
-)
+) + tuple(
+    GraphVariant(f"vae_decoder-tiny-ov-{p}",
+                 f"vae_decoder, distilled tiny (TAESD shape): openvino {'f32 hint' if p == 'fp32' else 'default (bf16)'}",
+                 "openvino", p, f"{TINY_VAE_DIR}/vae_decoder.xml", hint="f32" if p == "fp32" else None,
+                 component="vae_decoder", needs="tiny_vae", reference=TINY_VAE_REF)
+    for p in ("fp32", "bf16"))
 
 ALL_VARIANTS = UNET_VARIANTS + STUDENT_VARIANTS + OTHER_VARIANTS
 
@@ -285,6 +295,34 @@ def compress_weights(cache: str, mode: str, component: str = "unet") -> dict[str
     return {"seconds": round(time.perf_counter() - t, 1), **info}
 
 
+def export_tiny_vae(cache: str, backbone: str = BACKBONE) -> dict[str, Any]:
+    """Step 5: a TAESD-shaped tiny decoder for the sd15 VAE (random weights, seeded), its torch reference on the
+    cached decoder input, FLOPs, and its OpenVINO graph (the project's exporter, same interface as the full one)."""
+    import torch
+
+    from ..export.specs import get_spec
+    from ..export.wrappers import VaeDecoderWrapper
+    from ..model.configs import get_backbone_config
+    from ..model.tiny_decoder import build_tiny_autoencoder
+    from .flops import counted_forward
+
+    root = Path(cache)
+    t = time.perf_counter()
+    vae_cfg = get_backbone_config(backbone).vae
+    torch.manual_seed(SEED)
+    module = VaeDecoderWrapper.for_tiny(build_tiny_autoencoder(vae_cfg), float(vae_cfg["scaling_factor"])).eval()
+    spec = get_spec("vae_decoder")
+    with np.load(root / "inputs.npz") as inputs:
+        example = {"latent_sample": torch.from_numpy(inputs["vae_decoder/latent_sample"])}
+    flops, value = counted_forward(module, example)
+    np.savez(root / f"reference-{TINY_VAE_REF}.npz",
+             **{f"{TINY_VAE_REF}/{k}": v for k, v in _named(spec, value).items()})
+    with atomic_dir(root / TINY_VAE_DIR, overwrite=True) as out:
+        _export_graph(spec, None, module, example, out, "openvino")
+    return {"seconds": round(time.perf_counter() - t, 1), "flops": flops,
+            "params": sum(p.numel() for p in module.parameters())}
+
+
 #: Bumped when the cached files change meaning (the cache is then rebuilt).
 CACHE_VERSION = 2
 #: Preparation steps: name -> (function, files it writes, kwargs from settings).
@@ -296,6 +334,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "weights_int8": ("compress_weights", "openvino-int8-weights/unet.xml"),
     "weights_int4": ("compress_weights", "openvino-int4-weights/unet.xml"),
     "weights_int8_image_encoder": ("compress_weights", "openvino-int8-weights-image_encoder/image_encoder.xml"),
+    "tiny_vae": ("export_tiny_vae", f"{TINY_VAE_DIR}/vae_decoder.xml"),
 }
 
 
@@ -318,7 +357,7 @@ def prepare(cache: Path, needed: set[str], settings: Any, progress: Progress) ->
             continue
         rebuilt = rebuilt or step == "export"
         kwargs: dict[str, Any] = {"cache": str(cache)}
-        if step == "export":
+        if step in ("export", "tiny_vae"):
             kwargs["backbone"] = settings.sd15_backbone
         if step.startswith("nncf_ptq"):
             kwargs["samples"] = settings.calibration_samples
@@ -389,6 +428,9 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
     variants = select(settings.sd15_variants)
     steps = prepare(cache, {v.needs for v in variants if v.needs}, settings, progress)
     meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
+    tiny_vae = (steps.get("tiny_vae") or {}).get("value") or {}
+    if "flops" in tiny_vae:
+        meta["flops"][TINY_VAE_REF] = tiny_vae["flops"]
     rows = []
     for i, v in enumerate(variants):
         progress(f"[{i + 1}/{len(variants)}] {v.label}")
@@ -414,14 +456,15 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
             progress(f"  failed: {res['error']}")
         row.update(res)
         row["size_bytes"] = file_bytes(cache, v.file) if v.file else _torch_bytes(meta, v.component)
-        flops = meta["flops"]["unet_batch1" if v.component == "unet" and v.batch == 1 else v.component]
+        ref_key = v.reference or ("unet_batch1" if v.component == "unet" and v.batch == 1 else v.component)
+        flops = meta["flops"][ref_key]
         row["gflop"] = flops / 1e9
         if row.get("step"):
             row["gflops_per_s"] = flops / (row["step"]["median_ms"] / 1000.0) / 1e9
             out = work / f"{v.key}.npz"
-            ref_key = "unet_batch1" if v.component == "unet" and v.batch == 1 else v.component
+            ref_file = cache / ("reference.npz" if v.reference is None else f"reference-{v.reference}.npz")
             if out.is_file():
-                with np.load(cache / "reference.npz") as ref, np.load(out) as got:
+                with np.load(ref_file) as ref, np.load(out) as got:
                     keys = [k for k in got.files]
                     vals = []
                     for k in keys:
@@ -430,10 +473,14 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
                             vals.append(psnr_db(ref[rk], got[k]))
                     if vals:
                         row["psnr_db"] = min(vals)
+        if v.reference:
+            row["reference"] = v.reference
         rows.append(row)
     calib = (steps.get("nncf_ptq") or {}).get("value", {}).get("calibration")
+    full_decoder = [r for r in rows if r.get("reference") != TINY_VAE_REF]
     return {"variants": rows, "meta": meta, "preparation": steps, "calibration": calib,
-            "estimate": end_to_end_estimate(rows, meta)}
+            "estimate": end_to_end_estimate(rows, meta),
+            "estimate_full_decoder": end_to_end_estimate(full_decoder, meta)}
 
 
 def _torch_bytes(meta: dict[str, Any], component: str) -> int | None:

@@ -37,10 +37,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _source_name(model: str | None) -> str:
-    """What bundle.json records as ``source_model``: the embedded name, or the folder's absolute path."""
-    from ..model.registry import ASSETS, resolve_model
+    """What bundle.json records as ``source_model``: the embedded name (an alias as given: it carries settings,
+    e.g. ``tiny-fast``'s decoder), or the folder's absolute path."""
+    from ..model.registry import ALIASES, ASSETS, resolve_model
 
     path = resolve_model(model)
+    if model in ALIASES:
+        return model
     return path.name if path.parent == ASSETS else str(path.resolve())
 
 

@@ -113,11 +113,13 @@ def distill(
     data: Path = typer.Option(..., "--data", help="PairHuman-format folder."),
     out: Path = typer.Option(..., "--out", help="Student model folder to write."),
     method: str = typer.Option("lcm", "--method", help="lcm (1/2/4-step student), lcm-lora (the same as a LoRA "
-                                                       "fused into the UNet) or cascade-fold (single-pass UNet "
-                                                       "that reproduces the cascade mode)."),
+                                                       "fused into the UNet), cascade-fold (single-pass UNet "
+                                                       "that reproduces the cascade mode) or tiny-vae (a "
+                                                       "TAESD-style decoder that replaces the full VAE decoder)."),
     steps: int = typer.Option(1000, "--steps", help="Distillation steps."),
     batch_size: int = typer.Option(16, "--batch-size"),
-    lr: float = typer.Option(None, "--lr", help="Default: 1e-4 (lcm), 1e-3 (lcm-lora), 5e-5 (cascade-fold)."),
+    lr: float = typer.Option(None, "--lr", help="Default: 1e-4 (lcm), 1e-3 (lcm-lora, tiny-vae), 5e-5 "
+                                                "(cascade-fold)."),
     guidance: float = typer.Option(3.0, "--guidance", help="CFG scale folded into the student (lcm) or used by "
                                                           "the teacher's stage 1 (cascade-fold)."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank for lcm-lora."),
@@ -131,13 +133,16 @@ def distill(
     max_minutes: float = typer.Option(None, "--max-minutes"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Distil a model: few-step consistency student (optionally LoRA) or a folded cascade."""
+    """Distil a model: few-step consistency student (optionally LoRA), a folded cascade or a tiny VAE decoder."""
     from ..distill.cascade_fold import CascadeFoldConfig
     from ..distill.consistency import ConsistencyConfig
     from ..distill.recipe import distill_model
+    from ..distill.tiny_vae import TinyVaeConfig
     from ..model.registry import resolve_model
 
-    if method == "cascade-fold":
+    if method == "tiny-vae":
+        cfg = TinyVaeConfig(steps=steps, batch_size=batch_size, lr=lr or 1e-3, max_minutes=max_minutes, seed=seed)
+    elif method == "cascade-fold":
         cfg = CascadeFoldConfig(steps=steps, batch_size=batch_size, lr=lr or 5e-5, guidance_scale=guidance,
                                 mask_records=mask_records, max_minutes=max_minutes, seed=seed)
     elif method in ("lcm", "lcm-lora"):
@@ -146,7 +151,7 @@ def distill(
                                 seed=seed, lora_rank=lora_rank if method == "lcm-lora" else 0,
                                 identity_loss_weight=identity_loss, init_student=init_student)
     else:
-        raise typer.BadParameter("--method must be lcm, lcm-lora or cascade-fold")
+        raise typer.BadParameter("--method must be lcm, lcm-lora, cascade-fold or tiny-vae")
     with progress_bar("distilling") as update:
         report = distill_model(resolve_model(teacher), data, out, cfg,
                                progress=lambda i, n, m: update(i, n, f"loss={m['loss']:.4f}"))

@@ -1,7 +1,8 @@
 """``dhumandiff distill``: from a trained model folder to a student model folder.
 
-Methods: ``lcm`` (few-step consistency student; ``lora_rank > 0`` trains it as a LoRA fused at the end) and
-``cascade-fold`` (a single-pass UNet that reproduces the cascade mode).
+Methods: ``lcm`` (few-step consistency student; ``lora_rank > 0`` trains it as a LoRA fused at the end),
+``cascade-fold`` (a single-pass UNet that reproduces the cascade mode) and ``tiny-vae`` (a TAESD-style decoder
+that stands in for the full VAE decoder).
 """
 
 from __future__ import annotations
@@ -16,18 +17,23 @@ from ..training.tensors import encode_latents, load_training_tensors
 from ..utils.atomic import write_text_atomic
 from .cascade_fold import CascadeFoldConfig, CascadeFolder
 from .consistency import ConsistencyConfig, ConsistencyDistiller
+from .tiny_vae import TinyVaeConfig, TinyVaeDistiller
 
 
 def distill_model(teacher_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                  config: ConsistencyConfig | CascadeFoldConfig,
+                  config: ConsistencyConfig | CascadeFoldConfig | TinyVaeConfig,
                   progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil ``teacher_dir`` on ``data_dir`` (the method follows the config's type); writes ``out_dir``."""
     teacher = DHumanDiff.from_pretrained(teacher_dir)
+    out_dir = Path(out_dir)
+    if isinstance(config, TinyVaeConfig):
+        report = _distill_tiny_vae(teacher, data_dir, out_dir, config, progress)
+        write_text_atomic(out_dir / "distill_report.json", json.dumps(report, indent=2))
+        return report
     analyzer = get_face_analyzer("world", encoder=teacher.identity_encoder) if teacher.identity_encoder is not None \
         else get_face_analyzer("insightface")
     data = load_training_tensors(data_dir, teacher, analyzer, split="train")
     encode_latents(data, teacher)
-    out_dir = Path(out_dir)
     if isinstance(config, CascadeFoldConfig):
         folder = CascadeFolder(teacher, data, config)
         folder.compute_masks()
@@ -42,4 +48,28 @@ def distill_model(teacher_dir: str | Path, data_dir: str | Path, out_dir: str | 
             distiller.save_adapter(out_dir / "lora")
         report["method"] = "lcm-lora" if config.lora_rank > 0 else "lcm"
     write_text_atomic(out_dir / "distill_report.json", json.dumps(report, indent=2))
+    return report
+
+
+def _distill_tiny_vae(teacher: DHumanDiff, data_dir: str | Path, out_dir: Path, config: TinyVaeConfig,
+                      progress: Callable[[int, int, dict], None] | None) -> dict:
+    """Images only (no faces or captions): the training split trains, the held-out split measures."""
+    import torch
+
+    from ..data.dataset import PairHumanDataset
+
+    def images(split: str) -> torch.Tensor | None:
+        ds = PairHumanDataset(data_dir, split=split, image_size=teacher.config.image_size, use_reference_faces=False)
+        return torch.stack([ds[i]["pixel_values"] for i in range(len(ds))]) if len(ds) else None
+
+    train = images("train")
+    if train is None:
+        from ..errors import AnnotationError
+
+        raise AnnotationError(f"{data_dir} has no training images (split 'train'); pass a PairHuman-format folder")
+    held = images("heldout")
+    distiller = TinyVaeDistiller(teacher, train, config, held_out=held[:512] if held is not None else None)
+    report = distiller.train(progress)
+    distiller.student_model().save_pretrained(out_dir)
+    report["method"] = "tiny-vae"
     return report

@@ -111,13 +111,29 @@ class UNetWrapper(nn.Module):
 
 
 class VaeDecoderWrapper(nn.Module):
-    """``latent_sample`` (= latents / scaling_factor) -> ``sample [B,3,H,W]`` in about [-1, 1], unclamped."""
+    """``latent_sample`` (= latents / scaling_factor) -> ``sample [B,3,H,W]`` in about [-1, 1], unclamped.
+
+    Holds only the decoder the model is set to use (``model.vae_decoder_kind``): the full VAE, or the distilled
+    tiny one, which takes the scaled latents back (the same maths as ``DHumanDiff.decode_latent_sample``).
+    """
 
     def __init__(self, model: DHumanDiff) -> None:
         super().__init__()
-        self.vae = model.vae
+        self.kind = model.vae_decoder_kind
+        self.vae = model.vae_tiny if self.kind == "tiny" else model.vae
+        self.scale = float(model.vae.config.scaling_factor) if self.kind == "tiny" else 1.0
+
+    @classmethod
+    def for_tiny(cls, vae_tiny: nn.Module, scaling_factor: float) -> "VaeDecoderWrapper":
+        """The tiny decoder alone (no model around it), e.g. a benchmark's randomly initialised sd15-size one."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.kind, self.vae, self.scale = "tiny", vae_tiny, float(scaling_factor)
+        return self
 
     def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        if self.kind == "tiny":
+            latent_sample = latent_sample * self.scale
         return self.vae.decode(latent_sample, return_dict=False)[0]
 
 

@@ -8,6 +8,7 @@ Folder layout (diffusers-style, safetensors everywhere)::
     resampler/  face_proj/  subject_mlp/                               our ModelMixin folders
     ip_adapter/model.safetensors                                        dual-attention K/V, official index keys
     [identity_encoder/]                                                 the tiny world's ArcFace stand-in
+    [vae_tiny/]                                                         distilled TAESD-style decoder (tiny_decoder.py)
 
 Everything a user can get wrong on load (missing folder, missing or extra keys) raises CheckpointError.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError
@@ -34,6 +35,8 @@ from .attention import install_dual_processors, processor_list
 from .configs import BackboneConfig, get_backbone_config
 from .projections import FaceProjPlus, Resampler, SubjectMLP
 from .text import PlainTextEncoder, SubjectTextEncoder
+from .tiny_decoder import FOLDER as TINY_VAE_FOLDER
+from .tiny_decoder import VAE_DECODERS
 from .tokenizer import build_word_tokenizer, load_tokenizer, tokenize
 from .unet import IdentityUNet
 
@@ -47,7 +50,7 @@ class DHumanDiff(nn.Module):
                  text_encoder: nn.Module, image_encoder: nn.Module, resampler: Resampler, face_proj: FaceProjPlus,
                  subject_mlp: SubjectMLP, tokenizer: PreTrainedTokenizerBase,
                  text_encoder_2: nn.Module | None = None, tokenizer_2: PreTrainedTokenizerBase | None = None,
-                 identity_encoder: nn.Module | None = None) -> None:
+                 identity_encoder: nn.Module | None = None, vae_tiny: AutoencoderTiny | None = None) -> None:
         super().__init__()
         self.config = config
         self.unet = unet
@@ -61,6 +64,7 @@ class DHumanDiff(nn.Module):
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
         self.identity_encoder = identity_encoder
+        self.vae_tiny = vae_tiny
         self.ip_processors = install_dual_processors(unet, 77, config.num_id_tokens, config.defaults.get("ip_scale", 1.0))
         self.identity_unet = IdentityUNet(unet)
         self.subject_text = SubjectTextEncoder(text_encoder, subject_mlp, config.text_hidden_index)
@@ -140,6 +144,26 @@ class DHumanDiff(nn.Module):
         return torch.tensor([[s, s, 0.0, 0.0, s, s]], device=self.device).repeat(batch, 1)
 
     # ------------------------------------------------------------------ persistence
+    @property
+    def vae_decoder_kind(self) -> str:
+        """Which decoder sampling and export use: ``defaults["vae_decoder"]``, "full" unless set to "tiny"."""
+        kind = str(self.config.defaults.get("vae_decoder", "full"))
+        if kind not in VAE_DECODERS:
+            raise CheckpointError(f"unknown vae_decoder {kind!r} in the model's defaults; use one of "
+                                  f"{', '.join(VAE_DECODERS)}")
+        if kind == "tiny" and self.vae_tiny is None:
+            raise CheckpointError("this model has no distilled tiny VAE decoder (vae_tiny/); train one with "
+                                  "`dhumandiff distill --method tiny-vae` or use the full decoder")
+        return kind
+
+    def decode_latent_sample(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        """``latent_sample`` (= latents / scaling_factor) -> image [B,3,H,W] in about [-1, 1], with the chosen
+        decoder (the tiny one takes the UNet-space latents, as TAESD does)."""
+        if self.vae_decoder_kind == "tiny":
+            scale = float(self.vae.config.scaling_factor)
+            return self.vae_tiny.decode(latent_sample * scale, return_dict=False)[0]
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
     def ip_state_dict(self) -> dict[str, torch.Tensor]:
         """Dual-attention weights with official keys ``"{index}.to_k_ip1.weight"``."""
         return {k: v.detach().contiguous() for k, v in processor_list(self.unet).state_dict().items()}
@@ -176,7 +200,8 @@ class DHumanDiff(nn.Module):
             parts = {"vae": self.vae, "text_encoder": self.text_encoder, "tokenizer": self.tokenizer,
                      "text_encoder_2": self.text_encoder_2, "tokenizer_2": self.tokenizer_2,
                      "image_encoder": self.image_encoder, "resampler": self.resampler, "face_proj": self.face_proj,
-                     "subject_mlp": self.subject_mlp, "identity_encoder": self.identity_encoder}
+                     "subject_mlp": self.subject_mlp, "identity_encoder": self.identity_encoder,
+                     TINY_VAE_FOLDER: self.vae_tiny}
             for name, part in parts.items():
                 if part is not None and wanted(name):
                     part.save_pretrained(tmp / name)
@@ -211,6 +236,9 @@ class DHumanDiff(nn.Module):
                                   f"or conversion that wrote {path}") from None
         base_dir = (path.parent / base) if base else None
 
+        def has(sub: str) -> bool:
+            return (path / sub).is_dir() or (base_dir is not None and (base_dir / sub).is_dir())
+
         def part(sub: str) -> Path:
             if (path / sub).is_dir():
                 return path / sub
@@ -231,12 +259,12 @@ class DHumanDiff(nn.Module):
             if cfg.text_encoder_2 is not None:
                 kw["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(part("text_encoder_2"), **f32t)
                 kw["tokenizer_2"] = load_tokenizer(part("tokenizer_2"))
-            has_identity = (path / "identity_encoder").is_dir() or (base_dir is not None
-                                                                    and (base_dir / "identity_encoder").is_dir())
-            if has_identity:
+            if has("identity_encoder"):
                 from .faces.world import WorldIdentityEncoder
 
                 kw["identity_encoder"] = WorldIdentityEncoder.from_pretrained(part("identity_encoder"), **f32)
+            if has(TINY_VAE_FOLDER):
+                kw["vae_tiny"] = AutoencoderTiny.from_pretrained(part(TINY_VAE_FOLDER), **f32)
             model = cls(cfg, UNet2DConditionModel.from_pretrained(part("unet"), **f32),
                         AutoencoderKL.from_pretrained(part("vae"), **f32),
                         CLIPTextModel.from_pretrained(part("text_encoder"), **f32t),

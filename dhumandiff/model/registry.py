@@ -14,8 +14,10 @@ from ..errors import CheckpointError
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = "tiny"
 # Names for the distilled student at a fixed step count: one consistency-distilled UNet serves all three.
+# ``tiny-fast`` is the edge preset: the 4-step student decoded by the distilled tiny VAE decoder.
 ALIASES = {"tiny-1step": ("tiny-lcm", {"steps": 1}), "tiny-2step": ("tiny-lcm", {"steps": 2}),
-           "tiny-4step": ("tiny-lcm", {"steps": 4})}
+           "tiny-4step": ("tiny-lcm", {"steps": 4}),
+           "tiny-fast": ("tiny-lcm", {"steps": 4, "vae_decoder": "tiny"})}
 
 
 def model_overrides(name: str | None) -> dict:

@@ -88,7 +88,7 @@ class ReferenceSampler:
 
     def __init__(self, model: DHumanDiff) -> None:
         self.model = model.eval()
-        self._vae_copies: dict[torch.dtype, torch.nn.Module] = {}
+        self._vae_copies: dict[tuple[bool, torch.dtype], torch.nn.Module] = {}
 
     @torch.no_grad()
     def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
@@ -199,14 +199,16 @@ class ReferenceSampler:
         return (avg >= thr[:, None, None]).float()[:, None]  # [B, 1, h, w]
 
     def _vae_in(self, dtype: torch.dtype) -> torch.nn.Module:
-        """The model's VAE, or (once, cached) a copy in ``dtype``: the model itself is never cast."""
-        vae = self.model.vae
+        """The model's active VAE decoder (full or tiny), or (once, cached) a copy in ``dtype``: the model itself
+        is never cast."""
+        tiny = self.model.vae_decoder_kind == "tiny"
+        vae = self.model.vae_tiny if tiny else self.model.vae
         if vae.dtype == dtype:
             return vae
-        if dtype not in self._vae_copies:
+        if (tiny, dtype) not in self._vae_copies:
             twin = copy.deepcopy(vae)  # .half()/.float(), not diffusers' .to(dtype), which warns on every call
-            self._vae_copies[dtype] = twin.half() if dtype == torch.float16 else twin.float()
-        return self._vae_copies[dtype]
+            self._vae_copies[(tiny, dtype)] = twin.half() if dtype == torch.float16 else twin.float()
+        return self._vae_copies[(tiny, dtype)]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, precision: str | None = None) -> torch.Tensor:
@@ -217,7 +219,10 @@ class ReferenceSampler:
         own = "fp16" if self.model.vae.dtype == torch.float16 else "fp32"
         precision = precision or own
         vae = self._vae_in(torch.float16 if precision == "fp16" else torch.float32)
-        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample[0]
+        scale = float(self.model.vae.config.scaling_factor)
+        # the tiny decoder takes the UNet-space latents themselves (TAESD's convention)
+        z = latents if self.model.vae_decoder_kind == "tiny" else latents / scale
+        img = vae.decode(z.to(vae.dtype)).sample[0]
         check_finite("vae_decoder", {"sample": img}, f" (torch {precision} on {img.device.type})",
                      precision=precision, reference=True)
         return (img.float().clamp(-1, 1) + 1) / 2
