@@ -1,8 +1,9 @@
 """Markdown table of the quantised bundles under WORK (written by benchmarks/quantize_fidelity.sh).
 
 One row per bundle: size against the same runtime's fp32 bundle, end-to-end image PSNR against the fp32 torch
-reference, each person's identity similarity (world-b evaluator) against the fp32 image's, the worst component
-cosine on real (calibration) inputs, and whether `dhumandiff parity` held the bundle to its recorded budget.
+reference (first seed), each person's identity similarity (world-b evaluator, mean over the parity's four seeds)
+against the fp32 images', the worst component cosine on real (calibration) inputs, and whether `dhumandiff parity`
+held the bundle to its recorded budget.
 Usage: python benchmarks/quantize_table.py WORK > benchmarks/results/quantized_tiny.md
 """
 
@@ -44,7 +45,8 @@ def row(bundle: Path, fp32_bytes: dict[str, int]) -> str:
 def main(work: Path) -> str:
     fp32 = {json.loads((b / "bundle.json").read_text())["runtime"]: folder_bytes(b)
             for b in sorted(work.glob("*-fp32")) if (b / "bundle.json").exists()}
-    lines = ["| runtime | mode | size MB | vs fp32 | image PSNR dB (budget) | identity a / b | identity delta (budget) "
+    lines = ["| runtime | mode | size MB | vs fp32 | image PSNR dB (budget) | identity a / b (mean of 4 images) "
+             "| identity delta (budget) "
              "| worst component cosine | parity gate |", "|---|---|---|---|---|---|---|---|---|"]
     for b in sorted(work.iterdir()):
         if b.is_dir() and (b / "bundle.json").exists() and json.loads((b / "bundle.json").read_text()).get("quantization"):

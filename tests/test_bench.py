@@ -275,6 +275,7 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
         assert r["gflops_per_s"] == pytest.approx(flops / (r["step"]["median_ms"] / 1e3) / 1e9)
     assert rows["ov-int4-weights"]["size_bytes"] < rows["ov-fp32"]["size_bytes"]
     assert rows["image_encoder-ov-int8-weights"]["size_bytes"] < rows["image_encoder-ov-fp32"]["size_bytes"]
+    assert rows["image_encoder-ov-nncf-int8"]["size_bytes"] < rows["image_encoder-ov-fp32"]["size_bytes"]
     assert report["estimate"]["memory_low_mb"] < report["estimate"]["memory_mb"]
     # the distilled tiny decoder's graph against its own torch output, and fewer FLOPs than the full decoder
     assert rows["vae_decoder-tiny-ov-fp32"]["psnr_db"] > 60 and rows["vae_decoder-tiny-ov-bf16"]["psnr_db"] > 25

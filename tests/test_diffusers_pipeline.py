@@ -143,3 +143,23 @@ def test_sdxl_shaped_model_round_trips(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert all(torch.equal(v, loaded.ip_adapter.official_state_dict()[k])
                for k, v in model.ip_state_dict().items())
+
+
+def test_tiny_decoder_preset_round_trips_with_its_vae_tiny(tmp_path):
+    """``tiny-fast`` (4-step student + distilled tiny VAE decoder): the pipeline saves ``vae_tiny`` as a diffusers
+    AutoencoderTiny and loads it back; the image equals generate_portrait's and differs from the full decoder's."""
+    from diffusers import AutoencoderTiny
+
+    pipe = DHumanDiffPipeline.from_pretrained("tiny-fast")
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.vae_tiny, AutoencoderTiny)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "vae_tiny" / "config.json").is_file()
+    again = DHumanDiffPipeline.from_pretrained(tmp_path / "pipe")
+    again.set_progress_bar_config(disable=True)
+    assert again.model.vae_decoder_kind == "tiny"
+    got = again(PROMPT, FACES, seed=3).images[0]
+    want = generate_portrait(load_model("tiny-fast"), *FACES, PROMPT, seed=3).image
+    np.testing.assert_array_equal(_pixels(got), _pixels(want))
+    full = generate_portrait(load_model("tiny-4step"), *FACES, PROMPT, seed=3).image
+    assert not np.array_equal(_pixels(got), _pixels(full))

@@ -112,6 +112,7 @@ def test_variant_loads_generates_and_is_held_to_its_budget(bundles, tiny, runtim
     assert e2e.min_psnr_db == budget["psnr_db"] and e2e.identity_max_delta == budget["identity_delta"]
     assert 10.0 < e2e.psnr_db < 100.0  # quantised: measurably different from fp32, still the same picture
     assert e2e.identity_delta is not None and 0.0 <= e2e.identity_delta < 1.0
+    assert e2e.identity_seeds == [0, 1, 2, 3], "identity is judged on the mean over four images"
     expected = (e2e.psnr_db >= budget["psnr_db"] and e2e.identity_delta <= budget["identity_delta"]
                 and min(e2e.identity_cosine) >= e2e.identity_min_cosine)
     assert e2e.passed == expected, e2e.failures

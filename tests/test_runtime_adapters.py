@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -132,6 +133,35 @@ def test_openvino_precision_is_always_explicit(tmp_path: Path) -> None:
     # this CPU would otherwise compile to bf16
     assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     assert runner.providers == ["OpenVINO:CPU:f32"]
+
+
+def test_openvino_caches_compiled_graphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second runner (a restart) finds the first one's compiled blob in the cache; ``off`` writes none."""
+    comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred")
+    x = np.linspace(-1, 1, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
+    cache = tmp_path / "ov-cache"
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(cache))
+    first = OpenVINORunner(comps, tmp_path, precision="fp32")
+    assert first.compile_config()["CACHE_DIR"] == str(cache)
+    want = first.run("unet", {"sample": x})["noise_pred"]
+    blobs = sorted(cache.glob("*.blob"))
+    assert blobs, "no compiled blob was cached"
+    again = OpenVINORunner(comps, tmp_path, precision="fp32")
+    np.testing.assert_array_equal(again.run("unet", {"sample": x})["noise_pred"], want)
+    assert sorted(cache.glob("*.blob")) == blobs, "a restart with the same settings reuses the blob"
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", "off")
+    assert "CACHE_DIR" not in OpenVINORunner(comps, tmp_path, precision="fp32").compile_config()
+
+
+def test_openvino_cache_that_cannot_be_written_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache path that cannot be created (a file is in the way) runs uncached instead of failing to compile."""
+    comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(tmp_path / "file" / "cache"))
+    runner = OpenVINORunner(comps, tmp_path, precision="fp32")
+    assert "CACHE_DIR" not in runner.compile_config()
+    out = runner.run("unet", {"sample": -np.ones(SHAPE, np.float32)})["noise_pred"]
+    np.testing.assert_array_equal(out, np.zeros(SHAPE, np.float32))
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")

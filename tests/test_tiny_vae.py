@@ -108,3 +108,38 @@ def test_asking_for_a_missing_tiny_decoder_is_one_clear_error():
     model.config.defaults["vae_decoder"] = "huge"
     with pytest.raises(CheckpointError, match="full, tiny"):
         _ = model.vae_decoder_kind
+
+
+def test_face_weights_mark_the_face_boxes():
+    from dhumandiff.distill.tiny_vae import face_weight_maps
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.75, 0.75, 1.0, 1.0]]])
+    w = face_weight_maps(boxes, 8, boost=3.0)
+    assert w.shape == (1, 1, 8, 8)
+    assert torch.all(w[0, 0, :4, :4] == 4.0) and torch.all(w[0, 0, 6:, 6:] == 4.0)
+    assert w[0, 0, 5, 5] == 1.0 and w[0, 0, 0, 7] == 1.0
+    assert int((w == 4.0).sum()) == 16 + 4
+
+
+def test_continuing_from_an_earlier_tiny_vae_starts_from_its_weights(distilled):
+    teacher = DHumanDiff.from_pretrained(distilled["teacher"])
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    d = TinyVaeDistiller(teacher, images, TinyVaeConfig(steps=1, init_from=str(distilled["student"])))
+    saved = AutoencoderTiny.from_pretrained(distilled["student"] / "vae_tiny").state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in d.student.state_dict().items())
+    with pytest.raises(CheckpointError, match="holds no tiny VAE"):
+        TinyVaeDistiller(teacher, images, TinyVaeConfig(steps=1, init_from=str(distilled["teacher"])))
+
+
+def test_identity_term_needs_faces_and_trains_with_them(distilled):
+    from dhumandiff.errors import SettingsError
+
+    teacher = DHumanDiff.from_pretrained(distilled["teacher"])
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    with pytest.raises(SettingsError, match="identity"):
+        TinyVaeDistiller(teacher, images, TinyVaeConfig(steps=1, identity_weight=0.1))
+    boxes = torch.tensor([[0.05, 0.05, 0.45, 0.5], [0.55, 0.05, 0.95, 0.5]]).repeat(4, 1, 1)
+    d = TinyVaeDistiller(teacher, images, TinyVaeConfig(steps=2, batch_size=2, identity_weight=0.1), face_boxes=boxes)
+    term = d._identity_term(d.student.decode(d.latents[:2] * d.scale).sample, torch.tensor([0, 1]))
+    assert term.requires_grad and 0.0 <= float(term) <= 2.0
+    assert np.isfinite(d.train()["loss"])

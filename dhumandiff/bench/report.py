@@ -186,8 +186,8 @@ def sd15_markdown(report: dict[str, Any]) -> str:
              f"the step's output against torch fp32 on the same inputs.", ""]
     if body.get("calibration"):
         lines += [f"NNCF calibration: {body['calibration']}.", ""]
-    lines += ["| variant | batch | size MB | load s | step ms, median (min-max) | speed-up vs torch fp32 | GFLOP/s | "
-              "vs peaks | peak RSS MB (load / run) | PSNR dB | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| variant | batch | size MB | load s (restart / first) | step ms, median (min-max) | "
+              "speed-up vs torch fp32 | GFLOP/s | vs peaks | peak RSS MB (load / run) | PSNR dB | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("component") != "unet":
             continue
@@ -195,14 +195,14 @@ def sd15_markdown(report: dict[str, Any]) -> str:
     others = [r for r in rows if r.get("component") != "unet"]
     if others:
         lines += ["", "Other sd15-size components (one call each; the image encoder is CLIP ViT-H/14):", "",
-                  "| component / variant | size MB | load s | ms, median (min-max) | GFLOP/s | peak RSS MB "
-                  "(load / run) | PSNR dB |", "|---|---|---|---|---|---|---|"]
+                  "| component / variant | size MB | load s (restart / first) | ms, median (min-max) | GFLOP/s | "
+                  "peak RSS MB (load / run) | PSNR dB |", "|---|---|---|---|---|---|---|"]
         for r in others:
             if "error" in r:
                 lines.append(f"| {r['label']} | failed: {r['error'][:120]} | | | | | |")
                 continue
             mem = r.get("memory", {})
-            lines.append(f"| {r['label']} | {_mb(r.get('size_bytes'))} | {_f(r.get('load_s'), 1)} | "
+            lines.append(f"| {r['label']} | {_mb(r.get('size_bytes'))} | {_loads(r)} | "
                          f"{_lat(r.get('step'), 0)} | {_f(r.get('gflops_per_s'), 0)} | "
                          f"{_f(mem.get('peak_load_mb'), 0)} / {_f(mem.get('peak_run_mb'), 0)} | "
                          f"{_psnr(r.get('psnr_db'))} |")
@@ -216,6 +216,10 @@ def sd15_markdown(report: dict[str, Any]) -> str:
                          f"{_f(e['ms_per_image'], 0)} | {_psnr(e['psnr_db'])} |")
         lines.append(f"| **total** | | | | **{_f(est['warm_s'] * 1000, 0)}** (cold {_f(est['cold_s'], 1)} s, "
                      f"{_f(est['cold_over_warm'], 2)}x) | |")
+        if est.get("cold_first_s") is not None:
+            lines += ["", f"Cold = a restart (load bundle -> first image, OpenVINO importing the graphs it compiled "
+                          f"and cached on the first start). The first start ever on a machine compiles them: "
+                          f"{_f(est['cold_first_s'], 1)} s ({_f(est['cold_first_over_warm'], 2)}x warm)."]
         full = body.get("estimate_full_decoder") or {}
         if full.get("complete") and full.get("warm_s") != est.get("warm_s"):
             dec = full["per_component"]["vae_decoder"]
@@ -234,6 +238,12 @@ def sd15_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _loads(r: dict[str, Any]) -> str:
+    """Load seconds of a restart, and of the first start ever where they differ (OpenVINO's compile cache)."""
+    first = r.get("first_load_s")
+    return _f(r.get("load_s"), 1) + (f" / {_f(first, 1)}" if first is not None else "")
+
+
 def _sd15_row(r: dict[str, Any], torch_fp32: dict[str, Any] | None, peaks: dict[str, float]) -> str:
     if "error" in r:
         return f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | failed: {r['error'][:150]} |" + " |" * 7
@@ -243,7 +253,7 @@ def _sd15_row(r: dict[str, Any], torch_fp32: dict[str, Any] | None, peaks: dict[
         speed = torch_fp32["step"]["median_ms"] / r["step"]["median_ms"]
     prec = {"ov-bf16": "bf16", "ov-int8-weights": "bf16", "ov-int4-weights": "bf16"}.get(
         r.get("key", "").replace("-b1", ""), r["precision"])
-    return (f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | {_f(r.get('load_s'), 1)} | "
+    return (f"| {r['label']} | {r.get('batch')} | {_mb(r.get('size_bytes'))} | {_loads(r)} | "
             f"{_lat(r.get('step'), 0)} | {_f(speed, 2, 'x')} | {_f(r.get('gflops_per_s'), 0)} | "
             f"{_peak_pct(r.get('gflops_per_s'), peaks, prec)} | {_f(mem.get('peak_load_mb'), 0)} / "
             f"{_f(mem.get('peak_run_mb'), 0)} | {_psnr(r.get('psnr_db'))} | {_load(r)} |")
@@ -275,8 +285,11 @@ def evaluate_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             goals.append({"goal": "end to end 512x512 with the 4-step student <= 10 s",
                           "target": "<= 10 s", "measured": f"{est['warm_s']:.1f} s (composed estimate)",
                           "met": est["warm_s"] <= GOALS["e2e_s"]})
+            first = (f"; first start ever, compiling: {est['cold_first_over_warm']:.2f}x"
+                     if est.get("cold_first_over_warm") is not None else "")
             goals.append({"goal": "cold start (load -> first image) <= 1.5x warm", "target": "<= 1.5x",
-                          "measured": f"{est['cold_over_warm']:.2f}x (composed estimate)",
+                          "measured": f"{est['cold_over_warm']:.2f}x (composed estimate, restart with the compile "
+                                      f"cache{first})",
                           "met": est["cold_over_warm"] <= GOALS["cold_over_warm"]})
             goals.append({"goal": "peak memory <= 2 GB (whole pipeline)", "target": "<= 2,048 MB",
                           "measured": f"{est['memory_mb']:,.0f} MB (sum of the chosen graphs' run peaks)",

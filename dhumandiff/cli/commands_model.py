@@ -124,10 +124,11 @@ def distill(
                                                           "the teacher's stage 1 (cascade-fold)."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank for lcm-lora."),
     identity_loss: float = typer.Option(0.0, "--identity-loss", help="lcm: weight of the identity loss on the "
-                                                                     "student's one-step output."),
-    init_student: str = typer.Option(None, "--init-student", help="lcm: continue from this earlier student "
-                                                                  "(embedded name or folder) instead of the "
-                                                                  "teacher's UNet."),
+                                                                     "student's one-step output; tiny-vae: on "
+                                                                     "the tiny decoder's faces."),
+    init_student: str = typer.Option(None, "--init-student", help="lcm / tiny-vae: continue from this earlier "
+                                                                  "student (embedded name or folder) instead of "
+                                                                  "the teacher's UNet / a fresh tiny VAE."),
     mask_records: int = typer.Option(256, "--mask-records", help="cascade-fold: records whose cascade masks "
                                                                  "are computed by the teacher."),
     max_minutes: float = typer.Option(None, "--max-minutes"),
@@ -141,7 +142,8 @@ def distill(
     from ..model.registry import resolve_model
 
     if method == "tiny-vae":
-        cfg = TinyVaeConfig(steps=steps, batch_size=batch_size, lr=lr or 1e-3, max_minutes=max_minutes, seed=seed)
+        cfg = TinyVaeConfig(steps=steps, batch_size=batch_size, lr=lr or 1e-3, max_minutes=max_minutes, seed=seed,
+                            init_from=init_student, identity_weight=identity_loss)
     elif method == "cascade-fold":
         cfg = CascadeFoldConfig(steps=steps, batch_size=batch_size, lr=lr or 5e-5, guidance_scale=guidance,
                                 mask_records=mask_records, max_minutes=max_minutes, seed=seed)

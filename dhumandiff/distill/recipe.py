@@ -17,7 +17,7 @@ from ..training.tensors import encode_latents, load_training_tensors
 from ..utils.atomic import write_text_atomic
 from .cascade_fold import CascadeFoldConfig, CascadeFolder
 from .consistency import ConsistencyConfig, ConsistencyDistiller
-from .tiny_vae import TinyVaeConfig, TinyVaeDistiller
+from .tiny_vae import TinyVaeConfig, TinyVaeDistiller, face_weight_maps
 
 
 def distill_model(teacher_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
@@ -58,17 +58,22 @@ def _distill_tiny_vae(teacher: DHumanDiff, data_dir: str | Path, out_dir: Path, 
 
     from ..data.dataset import PairHumanDataset
 
-    def images(split: str) -> torch.Tensor | None:
+    def images(split: str) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         ds = PairHumanDataset(data_dir, split=split, image_size=teacher.config.image_size, use_reference_faces=False)
-        return torch.stack([ds[i]["pixel_values"] for i in range(len(ds))]) if len(ds) else None
+        if not len(ds):
+            return None, None
+        items = [ds[i] for i in range(len(ds))]
+        return (torch.stack([it["pixel_values"] for it in items]), torch.stack([it["face_boxes"] for it in items]))
 
-    train = images("train")
+    train, faces = images("train")
     if train is None:
         from ..errors import AnnotationError
 
         raise AnnotationError(f"{data_dir} has no training images (split 'train'); pass a PairHuman-format folder")
-    held = images("heldout")
-    distiller = TinyVaeDistiller(teacher, train, config, held_out=held[:512] if held is not None else None)
+    held, _ = images("heldout")
+    weights = face_weight_maps(faces, int(train.shape[-1]), config.face_weight) if config.face_weight > 0 else None
+    distiller = TinyVaeDistiller(teacher, train, config, held_out=held[:512] if held is not None else None,
+                                 weights=weights, face_boxes=faces)
     report = distiller.train(progress)
     distiller.student_model().save_pretrained(out_dir)
     report["method"] = "tiny-vae"

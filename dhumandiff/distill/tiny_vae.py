@@ -1,8 +1,9 @@
 """Distilling a tiny VAE (TAESD-style ``AutoencoderTiny``) from a model's own VAE.
 
 The decoder is the part that matters for speed (the full decoder dominates a few-step image at sd15 scale), so it
-learns to reproduce the *full decoder's output* from the same latents (L1 + MSE), not the training photo: the
-measure of success is how close the cheap decoder's image is to what the full decoder would have shown. The tiny
+learns to reproduce the *full decoder's output* from the same latents (L1 + MSE, faces weighted up, optionally an
+identity term on the face crops), not the training photo: the measure of success is how close the cheap decoder's
+image is to what the full decoder would have shown. The tiny
 encoder learns the full encoder's scaled mean latents (MSE), so the pair is a complete TAESD-like stand-in.
 
 Held-out images give the report: PSNR of the tiny decoder against the full decoder (the fidelity cost), and of
@@ -29,6 +30,9 @@ class TinyVaeConfig:
     batch_size: int = 32
     lr: float = 1e-3
     encoder_weight: float = 1.0
+    face_weight: float = 3.0        # extra loss weight inside the annotated face boxes (identity lives there)
+    identity_weight: float = 0.0    # 1 - cos of the model's identity encoder on face crops, tiny vs full decoder
+    init_from: str | None = None    # continue from an earlier tiny VAE (a model folder / name with vae_tiny/)
     max_minutes: float | None = None
     seed: int = 0
 
@@ -37,6 +41,42 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR of two images in [-1, 1] (peak-to-peak 2)."""
     mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
     return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def face_weight_maps(face_boxes: torch.Tensor, size: int, boost: float) -> torch.Tensor:
+    """Per-pixel loss weights [N,1,size,size]: 1 everywhere, ``1 + boost`` inside either face box
+    (``face_boxes`` [N,2,4] normalised x0,y0,x1,y1, as the dataset gives them)."""
+    grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    ys, xs = grid[None, :, None], grid[None, None, :]
+    inside = torch.zeros(face_boxes.shape[0], size, size)
+    for k in range(face_boxes.shape[1]):
+        b = face_boxes[:, k, :, None, None]
+        inside = torch.maximum(inside, ((xs >= b[:, 0]) & (xs < b[:, 2]) & (ys >= b[:, 1]) & (ys < b[:, 3])).float())
+    return (1.0 + boost * inside)[:, None]
+
+
+def load_tiny_autoencoder(source: str):
+    """An earlier tiny VAE: a ``vae_tiny`` folder itself, or a model (name or folder) that holds one."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderTiny
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..errors import CheckpointError
+    from ..model.registry import resolve_model
+
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        folder = resolve_model(source) / "vae_tiny"
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{source} holds no tiny VAE (vae_tiny/); pass a folder written by "
+                              f"`dhumandiff distill --method tiny-vae`")
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.ERROR)  # its own block_out_channels entry is "unexpected"
+    try:
+        return AutoencoderTiny.from_pretrained(folder, torch_dtype=torch.float32)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 @torch.no_grad()
@@ -55,13 +95,21 @@ class TinyVaeDistiller:
     """Trains ``teacher.vae_tiny`` (a fresh ``AutoencoderTiny`` shaped for the teacher's VAE)."""
 
     def __init__(self, teacher: DHumanDiff, images: torch.Tensor, config: TinyVaeConfig,
-                 held_out: torch.Tensor | None = None) -> None:
+                 held_out: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                 face_boxes: torch.Tensor | None = None) -> None:
         self.teacher = teacher
         self.cfg = config
         self.images = images
         self.held_out = held_out
+        self.weights = weights  # [N,1,H,W] per-pixel loss weights (face_weight_maps), or None: uniform
+        self.face_boxes = face_boxes  # [N,2,4] normalised, for the identity term
+        if config.identity_weight > 0 and (face_boxes is None or teacher.identity_encoder is None):
+            from ..errors import SettingsError
+
+            raise SettingsError("--identity-loss needs face boxes and a model with an identity encoder")
         torch.manual_seed(config.seed)
-        self.student = build_tiny_autoencoder(teacher.vae.config)
+        self.student = (load_tiny_autoencoder(config.init_from) if config.init_from
+                        else build_tiny_autoencoder(teacher.vae.config))
         self.scale = float(teacher.vae.config.scaling_factor)
         self.latents, self.targets = teacher_pairs(teacher, images)
 
@@ -79,8 +127,14 @@ class TinyVaeDistiller:
             idx = torch.randint(0, self.images.shape[0], (cfg.batch_size,), generator=g)
             z = self.latents[idx] * self.scale
             dec = self.student.decode(z).sample
-            target = self.targets[idx]
-            loss = F.l1_loss(dec, target) + F.mse_loss(dec, target)
+            diff = dec - self.targets[idx]
+            err = diff.abs() + diff ** 2
+            if self.weights is not None:
+                w = self.weights[idx]
+                err = err * (w / w.mean())
+            loss = err.mean()
+            if cfg.identity_weight > 0:
+                loss = loss + cfg.identity_weight * self._identity_term(dec, idx)
             if cfg.encoder_weight > 0:
                 few = max(1, cfg.batch_size // 4)  # the encoder is not on the speed path: a quarter batch is enough
                 enc = self.student.encode(self.images[idx[:few]]).latents
@@ -102,6 +156,18 @@ class TinyVaeDistiller:
         if self.held_out is not None:
             report.update(self.fidelity(self.held_out))
         return report
+
+    def _identity_term(self, dec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The training stage's identity loss with the full decoder's faces as the references."""
+        from ..training.objectives import face_crop_grid, identity_loss
+
+        encoder = self.teacher.identity_encoder
+        boxes = self.face_boxes[idx]
+        with torch.no_grad():
+            full = self.targets[idx]
+            crops = face_crop_grid(full.repeat_interleave(2, dim=0), boxes.reshape(-1, 4))
+            ref = encoder(crops).float().reshape(full.shape[0], 2, -1)
+        return identity_loss(encoder, dec, boxes, ref, torch.ones(full.shape[0], 2))
 
     @torch.no_grad()
     def fidelity(self, images: torch.Tensor) -> dict:

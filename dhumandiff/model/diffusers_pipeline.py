@@ -106,18 +106,18 @@ class DHumanDiffPipeline(DiffusionPipeline):
     """Two face photos + a prompt -> one photo of those two people (DHumanDiff, single or cascade mode)."""
 
     model_cpu_offload_seq = "image_encoder->text_encoder->text_encoder_2->unet->vae"
-    _optional_components = ["text_encoder_2", "tokenizer_2", "identity_encoder"]
+    _optional_components = ["text_encoder_2", "tokenizer_2", "identity_encoder", "vae_tiny"]
 
     def __init__(self, unet, vae, text_encoder, tokenizer, image_encoder, resampler, face_proj, subject_mlp,
                  ip_adapter: IPAdapterWeights, scheduler, text_encoder_2=None, tokenizer_2=None,
-                 identity_encoder=None, dhumandiff_config: dict | None = None) -> None:
+                 identity_encoder=None, dhumandiff_config: dict | None = None, vae_tiny=None) -> None:
         super().__init__()
         if dhumandiff_config is None:
             raise CheckpointError("DHumanDiffPipeline needs dhumandiff_config (the model's dhumandiff.json); load it "
                                   "with DHumanDiffPipeline.from_pretrained(folder or 'tiny')")
         model = DHumanDiff(BackboneConfig.from_dict(dhumandiff_config), unet, vae, text_encoder, image_encoder,
                            resampler, face_proj, subject_mlp, tokenizer, text_encoder_2, tokenizer_2,
-                           identity_encoder)
+                           identity_encoder, vae_tiny)
         model.load_ip_state_dict(ip_adapter.official_state_dict())
         _own_aligned_storage(model)
         ip_adapter.tie(processor_list(unet))
@@ -129,7 +129,7 @@ class DHumanDiffPipeline(DiffusionPipeline):
             image_encoder=model.image_encoder, resampler=model.resampler, face_proj=model.face_proj,
             subject_mlp=model.subject_mlp, ip_adapter=ip_adapter, scheduler=scheduler,
             text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
-            identity_encoder=model.identity_encoder)
+            identity_encoder=model.identity_encoder, vae_tiny=model.vae_tiny)
         self.register_to_config(dhumandiff_config=json.loads(json.dumps(model.config.to_dict(), default=str)))
         self.model = model
 

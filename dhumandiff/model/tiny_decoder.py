@@ -1,7 +1,8 @@
 """The distilled tiny VAE (TAESD-style, diffusers' ``AutoencoderTiny``) that can stand in for the full VAE decoder.
 
-Why: at sd15 scale the full VAE decoder costs more than a whole 4-step student (about 1.2 TFLOP at 512x512 vs
-~140 GFLOP for a TAESD-shaped decoder), so an edge bundle needs a cheaper decoder to reach seconds per image.
+Why: at sd15 scale the full VAE decoder costs almost as much as a whole 4-step student (about 2.5 TFLOP at
+512x512 vs ~0.14 TFLOP for a TAESD-shaped decoder), so an edge bundle needs a cheaper decoder to reach seconds per
+image.
 ``dhumandiff distill --method tiny-vae`` trains one against a model's own VAE; the model folder keeps it under
 ``vae_tiny/`` (diffusers' ``AutoencoderTiny`` format, loadable with ``AutoencoderTiny.from_pretrained``) and the
 model's ``defaults["vae_decoder"]`` (``"full"`` or ``"tiny"``) says which decoder sampling and export use.

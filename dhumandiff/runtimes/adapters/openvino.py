@@ -3,10 +3,15 @@
 The inference precision is always set explicitly from the bundle's precision: left to its default, OpenVINO
 runs in bf16 on AVX-512-BF16 CPUs (like this project's build machines) and an fp32 bundle would miss its
 1e-4 parity budget by orders of magnitude. IR (``.xml`` + ``.bin``) and ``.onnx`` files are both accepted.
+
+Compiled graphs are cached on disk (OpenVINO's ``CACHE_DIR``, as optimum-intel does by default), so only the very
+first start of a bundle on a machine pays for compilation: a kiosk or app restart imports the cached blobs.
+``$DHUMANDIFF_OPENVINO_CACHE`` moves the cache (default ``~/.cache/dhumandiff/openvino``); ``off`` disables it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +29,19 @@ def _ov() -> Any:
     except ImportError:
         raise RuntimeUnavailableError("OpenVINO is not installed; pip install 'dhumandiff[openvino]'") from None
     return openvino
+
+
+def compile_cache_dir() -> str | None:
+    """Where compiled graphs are cached (None: caching off, ``DHUMANDIFF_OPENVINO_CACHE=off``)."""
+    value = os.environ.get("DHUMANDIFF_OPENVINO_CACHE")
+    if value is not None and value.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    folder = Path(value) if value else Path.home() / ".cache" / "dhumandiff" / "openvino"
+    try:  # a read-only home (a locked-down kiosk) runs uncached rather than failing to compile
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
 
 
 def precision_hint(bundle_precision: str, device: str) -> str:
@@ -81,6 +99,7 @@ class OpenVINORunner(BaseRunner):
         self.precision = precision
         self.hint = precision_hint(precision, resolved)
         self.num_threads = num_threads
+        self.cache_dir = compile_cache_dir()
 
     @property
     def providers(self) -> list[str]:
@@ -90,6 +109,8 @@ class OpenVINORunner(BaseRunner):
         cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.num_threads and self.device == "CPU":
             cfg["INFERENCE_NUM_THREADS"] = int(self.num_threads)
+        if self.cache_dir:
+            cfg["CACHE_DIR"] = self.cache_dir
         return cfg
 
     def _load(self, component: str) -> Any:
