@@ -142,13 +142,17 @@ def test_openvino_caches_compiled_graphs(tmp_path: Path, monkeypatch: pytest.Mon
     cache = tmp_path / "ov-cache"
     monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(cache))
     first = OpenVINORunner(comps, tmp_path, precision="fp32")
-    assert first.compile_config()["CACHE_DIR"] == str(cache)
+    assert first.compile_config()["CACHE_DIR"] == str(cache / "cpu-f32-tall")
     want = first.run("unet", {"sample": x})["noise_pred"]
-    blobs = sorted(cache.glob("*.blob"))
+    blobs = sorted(cache.rglob("*.blob"))
     assert blobs, "no compiled blob was cached"
     again = OpenVINORunner(comps, tmp_path, precision="fp32")
     np.testing.assert_array_equal(again.run("unet", {"sample": x})["noise_pred"], want)
-    assert sorted(cache.glob("*.blob")) == blobs, "a restart with the same settings reuses the blob"
+    assert sorted(cache.rglob("*.blob")) == blobs, "a restart with the same settings reuses the blob"
+    # another precision of the same file never sees the f32 blob (OpenVINO's cache key ignores the hint)
+    bf16 = OpenVINORunner(comps, tmp_path, precision="bf16")
+    np.testing.assert_allclose(bf16.run("unet", {"sample": x})["noise_pred"], want, atol=1e-2)
+    assert {b.parent.name for b in cache.rglob("*.blob")} == {"cpu-f32-tall", "cpu-bf16-tall"}
     monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", "off")
     assert "CACHE_DIR" not in OpenVINORunner(comps, tmp_path, precision="fp32").compile_config()
 

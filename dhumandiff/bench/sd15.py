@@ -485,8 +485,8 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
                        fingerprint=meta["fingerprint"].get(v.component))
         else:
             job.update(file=str(cache / v.file), hint=v.hint)  # type: ignore[operator]
-        if v.engine == "openvino":
-            job["cache_dir"] = str(ov_cache)
+        if v.engine == "openvino":  # one cache per variant: OpenVINO's cache key ignores the precision hint
+            job["cache_dir"] = str(ov_cache / v.key)
             first = run_worker({**job, "prime_only": True, "profile": False}, work, f"{v.key}-first",
                                timeout=settings.timeout)
             if "load_s" in first:

@@ -7,6 +7,9 @@ runs in bf16 on AVX-512-BF16 CPUs (like this project's build machines) and an fp
 Compiled graphs are cached on disk (OpenVINO's ``CACHE_DIR``, as optimum-intel does by default), so only the very
 first start of a bundle on a machine pays for compilation: a kiosk or app restart imports the cached blobs.
 ``$DHUMANDIFF_OPENVINO_CACHE`` moves the cache (default ``~/.cache/dhumandiff/openvino``); ``off`` disables it.
+Each device / precision / thread setting gets its own sub-folder: OpenVINO 2026.4's cache key ignores the
+precision hint, so a graph cached at f32 would otherwise be imported for a bf16 run of the same file (and there
+produce NaN; measured on the sd15-size UNet).
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ class OpenVINORunner(BaseRunner):
         if self.num_threads and self.device == "CPU":
             cfg["INFERENCE_NUM_THREADS"] = int(self.num_threads)
         if self.cache_dir:
-            cfg["CACHE_DIR"] = self.cache_dir
+            threads = f"t{self.num_threads}" if self.num_threads else "tall"
+            cfg["CACHE_DIR"] = str(Path(self.cache_dir) / f"{self.device.lower()}-{self.hint}-{threads}")
         return cfg
 
     def _load(self, component: str) -> Any:
