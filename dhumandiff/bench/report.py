@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def _lat(t: dict[str, Any] | None, digits: int = 1) -> str:
 
 
 def _load(row: dict[str, Any]) -> str:
-    """The 1-minute load average right after the variant ran (> 1.5 on 2 cores: it shared the CPU)."""
+    """The 1-minute load average right after the variant ran (it counts the variant's own threads: above
+    cores + 0.5, other jobs shared the CPU)."""
     la = row.get("load_average")
     return f"{la[0]:.1f}" if la else "-"
 
@@ -74,18 +76,22 @@ def _peak_pct(gflops: float | None, peaks: dict[str, float], precision: str) -> 
 
 
 def _busy_note(report: dict[str, Any]) -> str:
-    """Load averages recorded at the start, after every variant and at the end; > 1.5 on 2 cores = busy."""
+    """Load averages recorded at the start, after every variant and at the end. A benchmark that uses every
+    core holds the 1-minute load near the core count by itself, so only above cores + 0.5 did other jobs share
+    the CPU."""
     loads = [v for v in (report.get("load_average_start"), report.get("load_average_end")) if v]
     loads += [r["load_average"] for r in report.get("variants", []) if r.get("load_average")]
     ones = sorted(v[0] for v in loads)
     if not ones:
         return "Load average not recorded."
     median = ones[len(ones) // 2]
-    if ones[-1] > 1.5:
+    cores = int(((report.get("machine") or {}).get("cpu") or {}).get("cores") or os.cpu_count() or 2)
+    if ones[-1] > cores + 0.5:
         return (f"**Busy machine**: 1-minute load average {ones[0]:.1f}-{ones[-1]:.1f} (median {median:.1f}) over the "
-                f"run, on 2 cores: other jobs shared the CPU, so latencies are upper bounds and min-max spreads are "
-                f"wide.")
-    return f"Quiet machine: 1-minute load average {ones[0]:.1f}-{ones[-1]:.1f} over the run."
+                f"run, on {cores} cores: other jobs shared the CPU, so latencies are upper bounds and min-max spreads "
+                f"are wide.")
+    return (f"Quiet machine: 1-minute load average {ones[0]:.1f}-{ones[-1]:.1f} (median {median:.1f}) over the run "
+            f"on {cores} cores (the benchmark's own threads; nothing else ran).")
 
 
 def _peaks_table(report: dict[str, Any]) -> list[str]:
