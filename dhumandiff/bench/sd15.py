@@ -18,6 +18,7 @@ multi-GB copy. Every variant runs the same inputs; its output is compared with t
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,7 +337,8 @@ def export_tiny_vae(cache: str, backbone: str = BACKBONE) -> dict[str, Any]:
     t = time.perf_counter()
     vae_cfg = get_backbone_config(backbone).vae
     torch.manual_seed(SEED)
-    module = VaeDecoderWrapper.for_tiny(build_tiny_autoencoder(vae_cfg), float(vae_cfg["scaling_factor"])).eval()
+    module = VaeDecoderWrapper(decoder=build_tiny_autoencoder(vae_cfg),
+                               input_scale=float(vae_cfg["scaling_factor"])).eval()
     spec = get_spec("vae_decoder")
     with np.load(root / "inputs.npz") as inputs:
         example = {"latent_sample": torch.from_numpy(inputs["vae_decoder/latent_sample"])}
@@ -459,8 +461,6 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
     # OpenVINO graphs run as the runtime adapter runs them, with a compile cache; it starts empty, and a first
     # process per graph (timed: the first start ever) fills it before the measured one (a restart)
     ov_cache = work / "openvino-compile-cache"
-    import shutil
-
     shutil.rmtree(ov_cache, ignore_errors=True)
     tiny_vae = (steps.get("tiny_vae") or {}).get("value") or {}
     if "flops" in tiny_vae:

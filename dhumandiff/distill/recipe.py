@@ -58,11 +58,11 @@ def _distill_tiny_vae(teacher: DHumanDiff, data_dir: str | Path, out_dir: Path, 
 
     from ..data.dataset import PairHumanDataset
 
-    def images(split: str) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    def images(split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         ds = PairHumanDataset(data_dir, split=split, image_size=teacher.config.image_size, use_reference_faces=False)
         if not len(ds):
             return None, None
-        items = [ds[i] for i in range(len(ds))]
+        items = [ds[i] for i in range(min(len(ds), limit or len(ds)))]
         return (torch.stack([it["pixel_values"] for it in items]), torch.stack([it["face_boxes"] for it in items]))
 
     train, faces = images("train")
@@ -70,10 +70,9 @@ def _distill_tiny_vae(teacher: DHumanDiff, data_dir: str | Path, out_dir: Path, 
         from ..errors import AnnotationError
 
         raise AnnotationError(f"{data_dir} has no training images (split 'train'); pass a PairHuman-format folder")
-    held, _ = images("heldout")
+    held, _ = images("heldout", limit=512)  # enough for the report's PSNRs
     weights = face_weight_maps(faces, int(train.shape[-1]), config.face_weight) if config.face_weight > 0 else None
-    distiller = TinyVaeDistiller(teacher, train, config, held_out=held[:512] if held is not None else None,
-                                 weights=weights, face_boxes=faces)
+    distiller = TinyVaeDistiller(teacher, train, config, held_out=held, weights=weights, face_boxes=faces)
     report = distiller.train(progress)
     distiller.student_model().save_pretrained(out_dir)
     report["method"] = "tiny-vae"

@@ -3,8 +3,7 @@
 The decoder is the part that matters for speed (the full decoder dominates a few-step image at sd15 scale), so it
 learns to reproduce the *full decoder's output* from the same latents (L1 + MSE, faces weighted up, optionally an
 identity term on the face crops), not the training photo: the measure of success is how close the cheap decoder's
-image is to what the full decoder would have shown. The tiny
-encoder learns the full encoder's scaled mean latents (MSE), so the pair is a complete TAESD-like stand-in.
+image is to what the full decoder would have shown. The tiny encoder learns the full encoder's scaled mean latents (MSE), so the pair is a complete TAESD-like stand-in.
 
 Held-out images give the report: PSNR of the tiny decoder against the full decoder (the fidelity cost), and of
 each decoder against the photo itself.
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.tiny_decoder import build_tiny_autoencoder
+from ..training.vae import psnr_db
 
 
 @dataclass
@@ -35,12 +35,6 @@ class TinyVaeConfig:
     init_from: str | None = None    # continue from an earlier tiny VAE (a model folder / name with vae_tiny/)
     max_minutes: float | None = None
     seed: int = 0
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of two images in [-1, 1] (peak-to-peak 2)."""
-    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
 def face_weight_maps(face_boxes: torch.Tensor, size: int, boost: float) -> torch.Tensor:

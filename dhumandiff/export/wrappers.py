@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.dhumandiff_model import DHumanDiff
+from ..model.tiny_decoder import run_decoder
 
 
 class IdentityEncoderWrapper(nn.Module):
@@ -113,28 +114,20 @@ class UNetWrapper(nn.Module):
 class VaeDecoderWrapper(nn.Module):
     """``latent_sample`` (= latents / scaling_factor) -> ``sample [B,3,H,W]`` in about [-1, 1], unclamped.
 
-    Holds only the decoder the model is set to use (``model.vae_decoder_kind``): the full VAE, or the distilled
-    tiny one, which takes the scaled latents back (the same maths as ``DHumanDiff.decode_latent_sample``).
+    Holds only the decoder the model is set to use (``model.active_decoder()``): the full VAE, or the distilled
+    tiny one. ``decoder`` + ``input_scale`` instead of a model: a decoder alone (a benchmark's randomly
+    initialised sd15-size tiny decoder).
     """
 
-    def __init__(self, model: DHumanDiff) -> None:
+    def __init__(self, model: DHumanDiff | None = None, *, decoder: nn.Module | None = None,
+                 input_scale: float = 1.0) -> None:
         super().__init__()
-        self.kind = model.vae_decoder_kind
-        self.vae = model.vae_tiny if self.kind == "tiny" else model.vae
-        self.scale = float(model.vae.config.scaling_factor) if self.kind == "tiny" else 1.0
-
-    @classmethod
-    def for_tiny(cls, vae_tiny: nn.Module, scaling_factor: float) -> "VaeDecoderWrapper":
-        """The tiny decoder alone (no model around it), e.g. a benchmark's randomly initialised sd15-size one."""
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self.kind, self.vae, self.scale = "tiny", vae_tiny, float(scaling_factor)
-        return self
+        if model is not None:
+            decoder, input_scale = model.active_decoder()
+        self.vae, self.scale = decoder, float(input_scale)
 
     def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
-        if self.kind == "tiny":
-            latent_sample = latent_sample * self.scale
-        return self.vae.decode(latent_sample, return_dict=False)[0]
+        return run_decoder(self.vae, self.scale, latent_sample)
 
 
 class CastWrapper(nn.Module):

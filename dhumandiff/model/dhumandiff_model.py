@@ -36,7 +36,7 @@ from .configs import BackboneConfig, get_backbone_config
 from .projections import FaceProjPlus, Resampler, SubjectMLP
 from .text import PlainTextEncoder, SubjectTextEncoder
 from .tiny_decoder import FOLDER as TINY_VAE_FOLDER
-from .tiny_decoder import VAE_DECODERS
+from .tiny_decoder import VAE_DECODERS, run_decoder
 from .tokenizer import build_word_tokenizer, load_tokenizer, tokenize
 from .unet import IdentityUNet
 
@@ -156,13 +156,17 @@ class DHumanDiff(nn.Module):
                                   "`dhumandiff distill --method tiny-vae` or use the full decoder")
         return kind
 
+    def active_decoder(self) -> tuple[nn.Module, float]:
+        """The decoder in use and the factor its input (``latents / scaling_factor``) is multiplied by: the full
+        VAE and 1, or the tiny one and the scaling factor (it takes the UNet-space latents, as TAESD does)."""
+        if self.vae_decoder_kind == "tiny":
+            return self.vae_tiny, float(self.vae.config.scaling_factor)
+        return self.vae, 1.0
+
     def decode_latent_sample(self, latent_sample: torch.Tensor) -> torch.Tensor:
         """``latent_sample`` (= latents / scaling_factor) -> image [B,3,H,W] in about [-1, 1], with the chosen
-        decoder (the tiny one takes the UNet-space latents, as TAESD does)."""
-        if self.vae_decoder_kind == "tiny":
-            scale = float(self.vae.config.scaling_factor)
-            return self.vae_tiny.decode(latent_sample * scale, return_dict=False)[0]
-        return self.vae.decode(latent_sample, return_dict=False)[0]
+        decoder."""
+        return run_decoder(*self.active_decoder(), latent_sample)
 
     def ip_state_dict(self) -> dict[str, torch.Tensor]:
         """Dual-attention weights with official keys ``"{index}.to_k_ip1.weight"``."""

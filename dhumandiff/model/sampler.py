@@ -26,6 +26,7 @@ from ..utils.numerics import check_finite
 from ..utils.regions import region_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput
+from .tiny_decoder import run_decoder
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}
 #: TCD's gamma (diffusers' ``eta``): the share of each step re-noised; the runtimes' NumPy TCD uses the same.
@@ -88,7 +89,7 @@ class ReferenceSampler:
 
     def __init__(self, model: DHumanDiff) -> None:
         self.model = model.eval()
-        self._vae_copies: dict[tuple[bool, torch.dtype], torch.nn.Module] = {}
+        self._vae_copies: dict[tuple[int, torch.dtype], torch.nn.Module] = {}
 
     @torch.no_grad()
     def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
@@ -198,17 +199,16 @@ class ReferenceSampler:
         thr = torch.quantile(avg.flatten(1), 0.9, dim=1)
         return (avg >= thr[:, None, None]).float()[:, None]  # [B, 1, h, w]
 
-    def _vae_in(self, dtype: torch.dtype) -> torch.nn.Module:
-        """The model's active VAE decoder (full or tiny), or (once, cached) a copy in ``dtype``: the model itself
-        is never cast."""
-        tiny = self.model.vae_decoder_kind == "tiny"
-        vae = self.model.vae_tiny if tiny else self.model.vae
+    def _vae_in(self, vae: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+        """``vae`` (the model's active decoder), or (once, cached) a copy in ``dtype``: the model itself is never
+        cast."""
         if vae.dtype == dtype:
             return vae
-        if (tiny, dtype) not in self._vae_copies:
+        key = (id(vae), dtype)
+        if key not in self._vae_copies:
             twin = copy.deepcopy(vae)  # .half()/.float(), not diffusers' .to(dtype), which warns on every call
-            self._vae_copies[(tiny, dtype)] = twin.half() if dtype == torch.float16 else twin.float()
-        return self._vae_copies[(tiny, dtype)]
+            self._vae_copies[key] = twin.half() if dtype == torch.float16 else twin.float()
+        return self._vae_copies[key]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, precision: str | None = None) -> torch.Tensor:
@@ -218,11 +218,10 @@ class ReferenceSampler:
         """
         own = "fp16" if self.model.vae.dtype == torch.float16 else "fp32"
         precision = precision or own
-        vae = self._vae_in(torch.float16 if precision == "fp16" else torch.float32)
-        scale = float(self.model.vae.config.scaling_factor)
-        # the tiny decoder takes the UNet-space latents themselves (TAESD's convention)
-        z = latents if self.model.vae_decoder_kind == "tiny" else latents / scale
-        img = vae.decode(z.to(vae.dtype)).sample[0]
+        decoder, input_scale = self.model.active_decoder()
+        vae = self._vae_in(decoder, torch.float16 if precision == "fp16" else torch.float32)
+        latent_sample = latents / self.model.vae.config.scaling_factor  # what the exported graph is given
+        img = run_decoder(vae, input_scale, latent_sample.to(vae.dtype))[0]
         check_finite("vae_decoder", {"sample": img}, f" (torch {precision} on {img.device.type})",
                      precision=precision, reference=True)
         return (img.float().clamp(-1, 1) + 1) / 2

@@ -44,6 +44,18 @@ def tiny_autoencoder_config(vae_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_decoder(decoder: Any, input_scale: float, latent_sample: Any) -> Any:
+    """``latent_sample`` (= latents / scaling_factor) through ``decoder`` -> image in about [-1, 1].
+
+    ``input_scale`` is what the decoder wants the input multiplied by: 1 for the full VAE, the VAE's scaling
+    factor for the tiny one (which takes UNet-space latents). The one place this convention lives: the model,
+    its torch sampler and the exported graph all decode through here.
+    """
+    if input_scale != 1.0:
+        latent_sample = latent_sample * input_scale
+    return decoder.decode(latent_sample, return_dict=False)[0]
+
+
 def build_tiny_autoencoder(vae_config: dict[str, Any]) -> AutoencoderTiny:
     """A randomly initialised tiny autoencoder shaped for ``vae_config`` (then distilled, or benchmarked)."""
     return AutoencoderTiny(**tiny_autoencoder_config(dict(vae_config)))

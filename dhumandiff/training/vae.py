@@ -6,12 +6,19 @@ weight, then the latent ``scaling_factor`` is set from the latents' std, as Stab
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+
+
+def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR (dB) of images in [-1, 1] (clamped; peak-to-peak 2) against ``reference``."""
+    mse = F.mse_loss(images.clamp(-1, 1), reference.clamp(-1, 1)).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int = 32, lr: float = 1e-3,
@@ -42,8 +49,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int =
         sample = images[: min(512, images.shape[0])]
         z = torch.cat([vae.encode(sample[i:i + 64]).latent_dist.mean for i in range(0, sample.shape[0], 64)])
         rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, z.shape[0], 64)])
-        mse = F.mse_loss(rec.clamp(-1, 1), sample).item()
-        psnr = 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-10))).item()
+        psnr = psnr_db(rec, sample)
         scaling = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=scaling)
     return {"vae_loss": loss_v, "vae_psnr_db": psnr, "scaling_factor": scaling, "vae_minutes": (time.time() - t0) / 60}
