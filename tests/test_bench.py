@@ -181,6 +181,36 @@ def test_graph_worker_runs_onnx_and_openvino_with_profiles(tiny_run, tmp_path):
     assert res["inference_precision"] == "f32"
 
 
+def test_one_process_image_replays_the_generator_in_every_mode(tiny_run, tmp_path):
+    """``sd15_pipeline`` on the tiny bundle's graphs (OpenVINO reads the .onnx files): a first start fills the
+    compile cache, then each mode makes images with the expected calls, timings and memory readings."""
+    from dhumandiff.bench.sd15_pipeline import MODES, PHASES, measure_pipeline
+
+    bundle = Path(tiny_run["rows"]["onnx fp32"]["bundle"])
+    comps = json.loads((bundle / "bundle.json").read_text())["components"]
+    with np.load(next((tiny_run["cache"] / "work" / "tiny").glob("inputs-*.npz"))) as z:
+        np.savez(tmp_path / "inputs.npz", **{k: z[k] for k in z.files})
+    np.savez(tmp_path / "reference.npz", **{f"{c}/{o}": np.zeros(1) for c, spec in comps.items()
+                                           for o in spec["outputs"]})
+    chosen = {c: {"file": str(bundle / comps[c]["file"]), "label": f"{c} fp32", "inference_precision": "f32",
+                  "batch": 2 if c == "unet" else 1} for phase in PHASES for c in phase}
+    out = measure_pipeline(chosen, tmp_path, tmp_path / "work", steps=2, repeats=2, threads=1, timeout=300,
+                           progress=lambda msg: None)
+    assert out["first_start"]["cold_s"] > 0 and list((tmp_path / "work" / "pipeline-compile-cache").rglob("*.blob"))
+    for mode in MODES:
+        r = out[mode]
+        assert "error" not in r, r
+        _check_timing(r["warm"], 2)
+        assert r["calls"] == {"image_encoder": 2, "face_projection": 2, "text_encoder": 1, "unet": 2,
+                              "vae_decoder": 1}
+        assert r["cold_over_warm"] == pytest.approx(r["cold_s"] / (r["warm"]["median_ms"] / 1000))
+        assert r["memory"]["peak_mb"] >= r["peak_cold_mb"] > r["memory"]["baseline_mb"] > 0
+    from dhumandiff.bench.report import _pipeline_lines
+
+    table = "\n".join(_pipeline_lines(out))
+    assert table.count("| prefetch") == table.count("| sequential") == table.count("| low-memory") == 1
+
+
 def test_a_failing_variant_is_reported_not_raised(tmp_path):
     job = {"kind": "graph", "engine": "onnx", "component": "unet", "file": str(tmp_path / "missing.onnx"),
            "inputs": str(tmp_path / "missing.npz")}
@@ -284,3 +314,7 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
     assert "tiny" not in report["estimate_full_decoder"]["per_component"]["vae_decoder"]["variant"]
     assert report["estimate"]["complete"] and paths["png"].is_file()
     assert "Where the time goes" in paths["md"].read_text()
+    pipe = report["pipeline"]  # the estimate's graphs measured as one image in one process, every mode
+    assert all("warm" in pipe[m] for m in ("prefetch", "sequential", "low-memory")), pipe
+    assert pipe["components"]["unet"] == report["estimate"]["per_component"]["unet"]["variant"]
+    assert "Measured, one process" in paths["md"].read_text()

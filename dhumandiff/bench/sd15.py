@@ -28,6 +28,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_dir
 from .jobs import run_worker
+from .sd15_pipeline import measure_pipeline
 
 Progress = Callable[[str], None]
 
@@ -470,7 +471,7 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
         progress(f"[{i + 1}/{len(variants)}] {v.label}")
         row: dict[str, Any] = {"key": v.key, "label": v.label, "engine": v.engine, "precision": v.precision,
                                "component": v.component, "batch": v.batch or (2 if v.component == "unet" else 1),
-                               "notes": list(v.notes)}
+                               "notes": list(v.notes), "file": v.file, "hint": v.hint}
         if v.needs and "error" in steps.get(v.needs, {}):
             row["error"] = f"preparation step {v.needs} failed: {steps[v.needs]['error']}"
             rows.append(row)
@@ -518,9 +519,15 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
         rows.append(row)
     calib = (steps.get("nncf_ptq") or {}).get("value", {}).get("calibration")
     full_decoder = [r for r in rows if r.get("reference") != TINY_VAE_REF]
+    estimate = end_to_end_estimate(rows, meta)
+    pipeline = None
+    chosen = choose_rows(rows)
+    if estimate and estimate.get("complete") and all(r["engine"] == "openvino" for r in chosen.values()):
+        pipeline = measure_pipeline(chosen, cache, work, estimate["steps"], settings.repeats, settings.threads,
+                                    settings.timeout, progress)
     return {"variants": rows, "meta": meta, "preparation": steps, "calibration": calib,
-            "estimate": end_to_end_estimate(rows, meta),
-            "estimate_full_decoder": end_to_end_estimate(full_decoder, meta)}
+            "estimate": estimate, "estimate_full_decoder": end_to_end_estimate(full_decoder, meta),
+            "pipeline": pipeline}
 
 
 def _torch_bytes(meta: dict[str, Any], component: str) -> int | None:
@@ -529,6 +536,17 @@ def _torch_bytes(meta: dict[str, Any], component: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ end to end
+
+
+def choose_rows(rows: list[dict[str, Any]], min_psnr_db: float = 35.0) -> dict[str, dict[str, Any]]:
+    """Per pipeline component, its fastest measured row at >= ``min_psnr_db`` (the UNet at batch 1: CFG-free)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for comp in ("image_encoder", "face_projection", "text_encoder", "unet", "vae_decoder"):
+        cands = [r for r in rows if r.get("component") == comp and r.get("step") and "error" not in r
+                 and (r.get("psnr_db") or 0.0) >= min_psnr_db and (comp != "unet" or r.get("batch") == 1)]
+        if cands:
+            chosen[comp] = min(cands, key=lambda r: r["step"]["median_ms"])
+    return chosen
 
 
 def end_to_end_estimate(rows: list[dict[str, Any]], meta: dict[str, Any], steps: int = 4,
@@ -542,12 +560,7 @@ def end_to_end_estimate(rows: list[dict[str, Any]], meta: dict[str, Any], steps:
     compiled graphs; ``cold_first_s``: the first start ever, compiling them); warm = their warm medians.
     """
     calls = {"image_encoder": 2, "face_projection": 2, "text_encoder": 1, "unet": steps, "vae_decoder": 1}
-    chosen: dict[str, dict[str, Any]] = {}
-    for comp in calls:
-        cands = [r for r in rows if r.get("component") == comp and r.get("step") and "error" not in r
-                 and (r.get("psnr_db") or 0.0) >= min_psnr_db and (comp != "unet" or r.get("batch") == 1)]
-        if cands:
-            chosen[comp] = min(cands, key=lambda r: r["step"]["median_ms"])
+    chosen = choose_rows(rows, min_psnr_db)
     if set(chosen) != set(calls):
         return {"complete": False, "missing": sorted(set(calls) - set(chosen))}
     warm = sum(calls[c] * chosen[c]["step"]["median_ms"] for c in calls) / 1000.0
