@@ -25,6 +25,14 @@ from test_calibration import LAYERS, STEPS, shared_calibration
 
 VARIANTS = [("onnx", "int8-static"), ("onnx", "int8-dynamic"), ("openvino", "int8-weights"),
             ("openvino", "int4-weights"), ("openvino", "int8"), ("coreml", "palettize-6"), ("coreml", "linear-int8")]
+#: Core ML conversions of the whole bundle take 60-100 s each on 2 cores: the default suite converts one
+#: (palettize-6); linear int8 and the mixed-bit recipe run with ``-m slow`` (and on macOS for predictions).
+SLOW = {("coreml", "linear-int8")}
+
+
+def _params(variants: list[tuple[str, str]]) -> list:
+    return [pytest.param(r, m, id=f"{r}-{m}", marks=[pytest.mark.slow] if (r, m) in SLOW else [])
+            for r, m in variants]
 FACES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -75,7 +83,7 @@ def _manifest(bundle: Path) -> dict:
 # ------------------------------------------------------------------------------------------ every variant
 
 
-@pytest.mark.parametrize("runtime,mode", VARIANTS, ids=[f"{r}-{m}" for r, m in VARIANTS])
+@pytest.mark.parametrize("runtime,mode", _params(VARIANTS))
 def test_variant_is_smaller_and_records_its_budget(bundles, fp32_sizes, runtime, mode):
     bundle = bundles(runtime, mode)
     m = _manifest(bundle)
@@ -194,8 +202,9 @@ def test_openvino_modes_compress(bundles):
 
 
 @pytest.mark.parametrize("mode,op", [("palettize-6", "constexpr_lut_to_dense"),
-                                     ("linear-int8", ("constexpr_affine_dequantize",
-                                                      "constexpr_blockwise_shift_scale"))])
+                                     pytest.param("linear-int8", ("constexpr_affine_dequantize",
+                                                                  "constexpr_blockwise_shift_scale"),
+                                                  marks=pytest.mark.slow)])
 def test_coreml_weights_are_compressed(bundles, tiny, mode, op):
     from dhumandiff.export.quantize_coreml import op_types
 
@@ -216,6 +225,7 @@ def test_coreml_weights_are_compressed(bundles, tiny, mode, op):
                           and min(e2e.identity_cosine) >= e2e.identity_min_cosine)
 
 
+@pytest.mark.slow
 def test_coreml_mixed_bit_follows_the_recipe(tiny, calib, tmp_path):
     from dhumandiff.export.quantize_coreml import op_types
 

@@ -517,6 +517,7 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
         if v.reference:
             row["reference"] = v.reference
         rows.append(row)
+    shutil.rmtree(ov_cache, ignore_errors=True)  # ~25 GB of compiled blobs, of no use once measured
     calib = (steps.get("nncf_ptq") or {}).get("value", {}).get("calibration")
     full_decoder = [r for r in rows if r.get("reference") != TINY_VAE_REF]
     estimate = end_to_end_estimate(rows, meta)

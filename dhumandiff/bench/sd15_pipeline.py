@@ -137,4 +137,5 @@ def measure_pipeline(chosen: dict[str, dict[str, Any]], cache: Path, work: Path,
     for mode in MODES:
         progress(f"one sd15 image in one process: {mode}")
         out[mode] = run_worker({**job, "mode": mode}, work, f"pipeline-{mode}", timeout=timeout)
+    shutil.rmtree(job["cache_dir"], ignore_errors=True)
     return out
