@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              f"`{result['command'].strip()}` ({result['created']}; {meta['unet_params'] / 1e6:.0f} M parameters, "
              f"{meta['attention']} attention, trace vs model max abs {meta['trace_max_abs']:.1e}). Sizes are the "
              "packages' weight files; the reference is the fp32 ONNX UNet the sd15 bench measures.", "",
-             "| variant | size MB | vs fp32 | compress s | decompression ops |", "|---|---|---|---|---|"]
+             "| variant | size MiB | vs fp32 | compress s | decompression ops |", "|---|---|---|---|---|"]
     for r in rows:
         ops = ", ".join(f"{k} {v}" for k, v in r.get("constexpr_ops", {}).items()) or "-"
         lines.append(f"| {r['variant']} | {r['mb']:,.1f} | {r['vs_fp32']:.3f}x | {r.get('seconds', '-')} | {ops} |")

@@ -209,7 +209,7 @@ def test_one_process_image_replays_the_generator_in_every_mode(tiny_run, tmp_pat
     from dhumandiff.bench.report import _pipeline_lines
 
     table = "\n".join(_pipeline_lines(out))
-    assert table.count("| prefetch") == table.count("| sequential") == table.count("| low-memory") == 1
+    assert table.count("| held") == table.count("| low-memory") == 1
 
 
 def test_a_failing_variant_is_reported_not_raised(tmp_path):
@@ -316,6 +316,6 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
     assert report["estimate"]["complete"] and paths["png"].is_file()
     assert "Where the time goes" in paths["md"].read_text()
     pipe = report["pipeline"]  # the estimate's graphs measured as one image in one process, every mode
-    assert all("warm" in pipe[m] for m in ("prefetch", "sequential", "low-memory")), pipe
+    assert all("warm" in pipe[m] for m in ("held", "low-memory")), pipe
     assert pipe["components"]["unet"] == report["estimate"]["per_component"]["unet"]["variant"]
     assert "Measured, one process" in paths["md"].read_text()

@@ -196,19 +196,3 @@ def test_available_runtimes_reports_this_machine() -> None:
     if sys.platform != "darwin":
         assert infos["coreml"].devices == []
 
-
-@pytest.mark.parametrize("runner_cls", [OnnxRunner, OpenVINORunner])
-def test_prefetched_graph_loads_in_the_background_and_its_error_surfaces_on_use(tmp_path: Path,
-                                                                               runner_cls: type) -> None:
-    comps = {**_components(tmp_path, "unet", "Relu", "sample", "noise_pred"),
-             **_components(tmp_path, "vae_decoder", "Neg", "latent_sample", "sample")}
-    runner = runner_cls(comps, tmp_path)
-    assert runner.prefetch("unet", "not_in_bundle") == ["unet"]
-    assert runner.prefetch("unet") == [], "a graph already loading is not loaded twice"
-    x = np.linspace(-1, 1, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
-    np.testing.assert_array_equal(runner.run("unet", {"sample": x})["noise_pred"], np.maximum(x, 0))
-    assert runner.loaded == ["unet"]
-    (tmp_path / "vae_decoder.onnx").write_bytes(b"not a graph")
-    assert runner.prefetch("vae_decoder") == ["vae_decoder"]
-    with pytest.raises(BundleError, match=r"vae_decoder"):
-        runner.run("vae_decoder", {"latent_sample": x})

@@ -4,7 +4,6 @@ random model exported in the test, checked against the torch modules themselves.
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -117,28 +116,6 @@ def test_low_memory_holds_one_graph_at_a_time(tiny: dict[str, TinyBundle], faces
     assert held[-1] == ["vae_decoder"]
     low(*faces, PROMPT, seed=2, steps=3)  # graphs load again on the next image
     assert low.runner.loaded == []
-
-
-@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
-def test_first_image_loads_unet_and_decoder_while_the_encoders_run(tiny: dict[str, TinyBundle],
-                                                                  faces: tuple[Any, Any], runtime: str) -> None:
-    """A cold start overlaps the UNet's and the decoder's load with the encoders (not in low-memory mode)."""
-    gen = load_bundle(tiny[runtime].path, num_threads=1)
-    where: dict[str, str] = {}
-    inner_load = gen.runner._load  # type: ignore[attr-defined]
-
-    def spy(component: str) -> Any:
-        where[component] = threading.current_thread().name
-        return inner_load(component)
-
-    gen.runner._load = spy  # type: ignore[attr-defined]
-    first = gen(*faces, PROMPT, seed=2, steps=3)
-    main = threading.main_thread().name
-    assert where["unet"].startswith("dhumandiff-prefetch") and where["vae_decoder"].startswith("dhumandiff-prefetch")
-    assert where["image_encoder"] == where["text_encoder"] == main
-    again = gen(*faces, PROMPT, seed=2, steps=3)  # loaded once: nothing loads on the second image
-    assert len(where) == len(gen.manifest.components)
-    np.testing.assert_array_equal(np.asarray(first.image), np.asarray(again.image))
 
 
 def test_onnx_matches_the_torch_reference(tiny: dict[str, TinyBundle], faces: tuple[Any, Any]) -> None:

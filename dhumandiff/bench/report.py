@@ -245,9 +245,8 @@ def sd15_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_PIPELINE_MODES = {"prefetch": "all graphs held; UNet + decoder load in the background while the encoders run",
-                   "sequential": "all graphs held; each loads when first used",
-                   "low-memory": "one phase's graphs at a time (`--low-memory`)"}
+_PIPELINE_MODES = {"held": "every graph held once loaded (the default)",
+                   "low-memory": "one phase's graphs at a time, `--low-memory`"}
 
 
 def _pipeline_lines(pipe: dict[str, Any] | None) -> list[str]:
@@ -323,7 +322,7 @@ def evaluate_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             first = (f"; first start ever, compiling: {est['cold_first_over_warm']:.2f}x"
                      if est.get("cold_first_over_warm") is not None else "")
             pipe = report.get("pipeline") or {}
-            for mode, what in (("prefetch", "measured, one process, graphs held, prefetch"),
+            for mode, what in (("held", "measured, one process, graphs held"),
                                ("low-memory", "measured, one process, --low-memory")):
                 r = pipe.get(mode) or {}
                 if "warm" in r:

@@ -2,11 +2,10 @@
 
 The composed estimate (:func:`.sd15.end_to_end_estimate`) sums graphs measured in separate processes, so it cannot
 show what happens when they share one: the peak memory of a whole image (every graph held, or ``--low-memory``'s
-one phase at a time) and a cold start whose UNet load overlaps the encoders (:meth:`BaseRunner.prefetch`, as the
-generator does). This replays the generator's phase order -- per person the CLIP image encoder and the face
+one phase at a time) and the cold start of a first image. This replays the generator's phase order -- per person the CLIP image encoder and the face
 projection, then the text encoder, ``steps`` CFG-free UNet calls and the VAE decoder -- on the bench's fixed
 inputs, through :class:`~dhumandiff.runtimes.adapters.openvino.OpenVINORunner` (its compile cache, its mapped-weight
-release, its prefetch). The sd15 backbone has no exported identity encoder; ArcFace runs outside the bundle.
+release). The sd15 backbone has no exported identity encoder; ArcFace runs outside the bundle.
 
 Each mode is its own process; a first process fills an empty compile cache (the first start ever), then every
 measured mode is a restart. The worker side (:func:`run_sd15_image`) imports no torch.
@@ -26,9 +25,8 @@ import numpy as np
 PHASES: tuple[tuple[str, ...], ...] = (("image_encoder", "face_projection"), ("text_encoder",), ("unet",),
                                        ("vae_decoder",))
 PERSONS = 2
-#: mode -> (prefetch the UNet and decoder while the encoders run, hold one phase's graphs at a time)
-MODES: dict[str, tuple[bool, bool]] = {"prefetch": (True, False), "sequential": (False, False),
-                                       "low-memory": (False, True)}
+#: mode -> hold one phase's graphs at a time (``--low-memory``) rather than every graph once loaded
+MODES: dict[str, bool] = {"held": False, "low-memory": True}
 #: Graph inputs whose first axis is not the batch.
 UNBATCHED = ("ip_scale",)
 
@@ -66,13 +64,13 @@ def _feeds(inputs_path: str, comps: dict[str, dict[str, Any]]) -> dict[str, dict
 
 
 def run_sd15_image(job: dict[str, Any]) -> dict[str, Any]:
-    """Worker side: build the runners, [prefetch], first image (cold), then warm images; times and peak RSS."""
+    """Worker side: build the runners, first image (cold), then warm images; times and peak RSS."""
     from ..runtimes.adapters.openvino import OpenVINORunner
     from ..runtimes.manifest import ComponentSpec, TensorSpec
     from .measure import Timing, peak_rss_mb, rss_mb
 
     os.environ["DHUMANDIFF_OPENVINO_CACHE"] = job["cache_dir"]
-    prefetch, low_memory = MODES[job["mode"]]
+    low_memory = MODES[job["mode"]]
     comps: dict[str, dict[str, Any]] = job["components"]
     feeds = _feeds(job["inputs"], comps)
     import openvino  # noqa: F401  (the runtime library is the baseline, as in the graph rows)
@@ -91,9 +89,6 @@ def run_sd15_image(job: dict[str, Any]) -> dict[str, Any]:
     calls = {c: (PERSONS if c in PHASES[0] else int(job["steps"]) if c == "unet" else 1) for c in comps}
 
     def image() -> None:
-        if prefetch:  # what BundleGenerator does once the inputs are checked (a no-op once loaded)
-            runners["unet"].prefetch("unet")
-            runners["vae_decoder"].prefetch("vae_decoder")
         for phase in PHASES:
             for _ in range(max(calls[c] for c in phase)):
                 for comp in phase:
@@ -132,7 +127,7 @@ def measure_pipeline(chosen: dict[str, dict[str, Any]], cache: Path, work: Path,
     shutil.rmtree(job["cache_dir"], ignore_errors=True)
     progress("one sd15 image in one process: first start (compiling)")
     out: dict[str, Any] = {"components": {c: v["label"] for c, v in chosen.items()}, "steps": steps}
-    first = run_worker({**job, "mode": "prefetch", "prime_only": True}, work, "pipeline-first", timeout=timeout)
+    first = run_worker({**job, "mode": "held", "prime_only": True}, work, "pipeline-first", timeout=timeout)
     out["first_start"] = first
     for mode in MODES:
         progress(f"one sd15 image in one process: {mode}")

@@ -120,13 +120,6 @@ class BundleGenerator:
         out2 = self.runner.run("text_encoder_2", {"input_ids": ids2})
         return np.concatenate([ctx, out2["prompt_embeds"]], axis=-1), out2["pooled_prompt_embeds"]
 
-    def _prefetch_later_phases(self) -> None:
-        """Every input is valid: load the UNet and the decoder in the background while the encoders run (a first
-        image's cold start). Not in low-memory mode, where two graphs in memory at once is what it avoids."""
-        prefetch = getattr(self.runner, "prefetch", None)
-        if not self.low_memory and prefetch is not None:
-            prefetch("unet", "vae_decoder")
-
     def _done_with(self, *components: str) -> None:
         """In low-memory mode, release the graphs of a finished phase (runners without ``release`` keep them)."""
         release = getattr(self.runner, "release", None)
@@ -212,7 +205,6 @@ class BundleGenerator:
         img_a = self.cropper(load_image(face_a), face_index_a, _name(face_a, "face a"), "--face-index-a")
         img_b = self.cropper(load_image(face_b), face_index_b, _name(face_b, "face b"), "--face-index-b")
         timings: dict[str, float] = {}
-        self._prefetch_later_phases()
 
         t0 = time.perf_counter()
         pa, pb = self.encode_person(img_a), self.encode_person(img_b)

@@ -2,15 +2,13 @@
 
 The sampler loop (``generator.py``) owns all the maths; an adapter only loads graphs and runs them, so adding a
 backend is one small class. :class:`BaseRunner` holds what every adapter shares: casting inputs to the dtypes the
-manifest declares, loading each component lazily (a CLI call that fails on the prompt never loads the UNet),
-loading the graphs of later phases in the background while earlier ones run (:meth:`BaseRunner.prefetch`: a
-first image does not wait for the UNet's load after the encoders), and the NaN/Inf gate after every run.
+manifest declares, loading each component lazily (a CLI call that fails on the prompt never loads the UNet), and
+the NaN/Inf gate after every run.
 """
 
 from __future__ import annotations
 
 import gc
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -52,9 +50,6 @@ class BaseRunner:
         self.root = Path(root)
         self.device = device
         self._handles: dict[str, Any] = {}
-        #: graphs loading in the background (:meth:`prefetch`), one at a time, in the order asked
-        self._pending: dict[str, Future] = {}
-        self._loader: ThreadPoolExecutor | None = None
         #: component -> precision its graph was exported in (bundle.json ``export.graph_precision``), for hints
         self.graph_precision: dict[str, str] = {}
 
@@ -72,46 +67,22 @@ class BaseRunner:
         return self.root / self.components[component].file
 
     def handle(self, component: str) -> Any:
-        """The loaded graph, loaded on first use (or waited for, when :meth:`prefetch` started loading it)."""
+        """The loaded graph, loaded on first use."""
         if component not in self.components:
             raise BundleError(f"this bundle has no component {component!r}; re-export the bundle")
         if component not in self._handles:
-            pending = self._pending.pop(component, None)
-            # a background load's error (a bad graph) is raised here, where a foreground load would raise it
-            self._handles[component] = pending.result() if pending is not None else self._load(component)
+            self._handles[component] = self._load(component)
         return self._handles[component]
-
-    def prefetch(self, *components: str) -> list[str]:
-        """Start loading these graphs on a background thread; returns the ones it started.
-
-        The runtimes load (read, compile, repack weights) in native code that releases the GIL, so a graph's load
-        overlaps the phases that run before it: the generator prefetches the UNet and the VAE decoder while the
-        face and text encoders run, which takes their load off a first image's critical path (a cold start).
-        Components that are loaded, loading or not in the bundle are skipped; ``run`` waits for a pending load.
-        """
-        started = []
-        for name in components:
-            if name in self.components and name not in self._handles and name not in self._pending:
-                if self._loader is None:
-                    self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhumandiff-prefetch")
-                self._pending[name] = self._loader.submit(self._load, name)
-                started.append(name)
-        return started
 
     def release(self, component: str) -> None:
         """Drop a loaded graph (it loads again on its next use): the low-memory generator holds one at a time."""
-        pending = self._pending.pop(component, None)
-        if pending is not None:
-            pending.exception()  # let the load finish (or fail) before its memory is dropped
-        if self._handles.pop(component, None) is not None or pending is not None:
-            del pending
+        if self._handles.pop(component, None) is not None:
             gc.collect()
 
     @property
     def loaded(self) -> list[str]:
-        """The components whose graphs are in memory now (a background load counts once it has finished)."""
-        done = [n for n, f in self._pending.items() if f.done() and f.exception() is None]
-        return sorted([*self._handles, *done])
+        """The components whose graphs are in memory now."""
+        return sorted(self._handles)
 
     def prepare(self, component: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names and shapes against the manifest and cast to its dtypes (an fp16 graph takes fp16)."""

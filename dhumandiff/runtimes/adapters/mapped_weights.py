@@ -8,8 +8,9 @@ sd15-size int8 UNet, 924 MB of a 2,140 MB peak were such file pages, beside the 
 ``madvise(MADV_DONTNEED)`` on those read-only mappings drops the pages from this process only: the data stays in
 the page cache and on disk, and a page that is read again simply faults back in, so it can never change a result
 (a writable mapping could hold private copy-on-write changes, so those are never touched). Doing it every few
-tenths of a second while a graph compiles keeps the load from ever holding the whole file, which is what lets
-the int8 UNet phase of a 512x512 image stay under 2 GB (BENCHMARKS.md). On systems other than Linux this is a
+hundredths of a second while a graph compiles keeps the load from ever holding the whole file (a cached blob
+imports at over 2 GB/s: released every 0.1 s, the sd15 image encoder's load still peaked 550 MB higher than at
+0.02 s), which is what keeps a 512x512 image under 2 GB in low-memory mode (BENCHMARKS.md). On systems other than Linux this is a
 no-op: Core ML (macOS/iOS) maps weights itself, and the phone's memory limit does not count clean file pages.
 """
 
@@ -71,7 +72,7 @@ class ReleasedWhileLoading:
     """Context manager: while the block runs (a graph compiling), release the mapped pages of ``prefixes``
     every ``interval`` seconds, and once more when it ends."""
 
-    def __init__(self, prefixes: Iterable[str | Path], interval: float = 0.1) -> None:
+    def __init__(self, prefixes: Iterable[str | Path], interval: float = 0.02) -> None:
         self.prefixes = [str(p) for p in prefixes if p]
         self.interval = interval
         self._stop = threading.Event()
