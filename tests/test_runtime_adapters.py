@@ -195,4 +195,3 @@ def test_available_runtimes_reports_this_machine() -> None:
     assert infos["openvino"].installed and "cpu" in infos["openvino"].devices
     if sys.platform != "darwin":
         assert infos["coreml"].devices == []
-
