@@ -7,7 +7,7 @@ with the project's exporter (``trace_component`` -> ``convert_traced``) and comp
 own hook (``compress_mlpackage``: coremltools.optimize.coreml), then reads the sizes off disk.
 
 Size only: Core ML does not run on Linux, and random weights say nothing about a palette's fidelity (that is
-measured on the trained tiny default, BENCHMARKS.md "Quantised bundles"). Needs ~12 GB RAM; ~10 minutes here.
+measured on the trained tiny default, BENCHMARKS.md "Quantised bundles"). Needs ~12 GB RAM; ~3 min to convert and 1-4 min per mode here.
 
     python benchmarks/coreml_sd15_sizes.py            # -> benchmarks/results/coreml_sd15_sizes.{json,md}
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shutil
 import sys
 import time
@@ -30,12 +29,6 @@ MODES = ("palettize-8", "palettize-6", "palettize-4", "linear-int8")
 
 def _mb(n: int) -> float:
     return round(n / 2**20, 1)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def convert_fp16(out: Path) -> dict[str, Any]:
@@ -84,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     from dhumandiff.export.coreml_chunk import weight_file_bytes
+    from dhumandiff.utils.atomic import write_text_atomic
 
     folder = args.cache / "coreml"
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("converting the sd15-size UNet to Core ML (fp16)...", flush=True)
         meta = convert_fp16(fp16)
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        write_text_atomic(meta_path, json.dumps(meta, indent=1))
     onnx_fp32 = sum(f.stat().st_size for f in (args.cache / "onnx").glob("unet.onnx*")) or None
     fp32 = meta["fp32_bytes"]
     rows = [{"variant": "fp32 weights (torch / ONNX graph)", "bytes": onnx_fp32 or fp32},
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               "created": time.strftime("%Y-%m-%d %H:%M"), "meta": meta, "onnx_fp32_bytes": onnx_fp32,
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "coreml_sd15_sizes.json", json.dumps(result, indent=1) + "\n")
+    write_text_atomic(args.out / "coreml_sd15_sizes.json", json.dumps(result, indent=1) + "\n")
     lines = ["# Core ML sizes of the sd15-size UNet (random weights)", "",
              f"`{result['command'].strip()}` ({result['created']}; {meta['unet_params'] / 1e6:.0f} M parameters, "
              f"{meta['attention']} attention, trace vs model max abs {meta['trace_max_abs']:.1e}). Sizes are the "
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ops = ", ".join(f"{k} {v}" for k, v in r.get("constexpr_ops", {}).items()) or "-"
         lines.append(f"| {r['variant']} | {r['mb']:,.1f} | {r['vs_fp32']:.3f}x | {r.get('seconds', '-')} | {ops} |")
-    _write_atomic(args.out / "coreml_sd15_sizes.md", "\n".join(lines) + "\n")
+    write_text_atomic(args.out / "coreml_sd15_sizes.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

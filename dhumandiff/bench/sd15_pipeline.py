@@ -2,9 +2,9 @@
 
 The composed estimate (:func:`.sd15.end_to_end_estimate`) sums graphs measured in separate processes, so it cannot
 show what happens when they share one: the peak memory of a whole image (every graph held, or ``--low-memory``'s
-one phase at a time) and the cold start of a first image. This replays the generator's phase order -- per person the CLIP image encoder and the face
-projection, then the text encoder, ``steps`` CFG-free UNet calls and the VAE decoder -- on the bench's fixed
-inputs, through :class:`~dhumandiff.runtimes.adapters.openvino.OpenVINORunner` (its compile cache, its mapped-weight
+one phase at a time) and the cold start of a first image. This replays the generator's phase order -- per person
+the CLIP image encoder and the face projection, then the text encoder, ``steps`` CFG-free UNet calls and the VAE
+decoder -- on the bench's fixed inputs, through :class:`~dhumandiff.runtimes.adapters.openvino.OpenVINORunner` (its compile cache, its mapped-weight
 release). The sd15 backbone has no exported identity encoder; ArcFace runs outside the bundle.
 
 Each mode is its own process; a first process fills an empty compile cache (the first start ever), then every

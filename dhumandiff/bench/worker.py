@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dhumandiff.runtimes.adapters.mapped_weights import ReleasedWhileLoading
+from dhumandiff.runtimes.adapters.openvino import mapped_sources
 
 from .measure import Timing, peak_rss_mb, reset_peak_rss, rss_mb, time_calls
 
@@ -318,9 +319,7 @@ def _graph_loader(job: dict[str, Any], profile: bool = False) -> Callable[[], tu
             elif job.get("cache_dir"):  # what the runtime adapter does: compiled blobs cached between starts
                 config["CACHE_DIR"] = job["cache_dir"]
             # as the runtime adapter does: mapped weights OpenVINO has repacked leave the resident set
-            mapped = [Path(job["file"]).resolve().parent] + ([Path(config["CACHE_DIR"]).resolve()]
-                                                            if "CACHE_DIR" in config else [])
-            with ReleasedWhileLoading(mapped):
+            with ReleasedWhileLoading(mapped_sources(Path(job["file"]), config)):
                 compiled = core.compile_model(model, "CPU", config)
                 del model
             request = compiled.create_infer_request()

@@ -3,7 +3,8 @@
 The decoder is the part that matters for speed (the full decoder dominates a few-step image at sd15 scale), so it
 learns to reproduce the *full decoder's output* from the same latents (L1 + MSE, faces weighted up, optionally an
 identity term on the face crops), not the training photo: the measure of success is how close the cheap decoder's
-image is to what the full decoder would have shown. The tiny encoder learns the full encoder's scaled mean latents (MSE), so the pair is a complete TAESD-like stand-in.
+image is to what the full decoder would have shown. The tiny encoder learns the full encoder's scaled mean latents
+(MSE), so the pair is a complete TAESD-like stand-in.
 
 Held-out images give the report: PSNR of the tiny decoder against the full decoder (the fidelity cost), and of
 each decoder against the photo itself.

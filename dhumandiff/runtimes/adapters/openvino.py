@@ -84,6 +84,13 @@ def resolve_device(device: str, available: list[str]) -> str:
     return want
 
 
+def mapped_sources(graph: Path, config: Mapping[str, Any]) -> list[Path]:
+    """What an OpenVINO compile of ``graph`` maps and never reads again once repacked: the graph's folder (its
+    ``.bin`` / external data) and the compile cache folder (the cached blob), for :class:`ReleasedWhileLoading`."""
+    cache = [Path(config["CACHE_DIR"]).resolve()] if "CACHE_DIR" in config else []
+    return [Path(graph).resolve().parent, *cache]
+
+
 def _type_name(value: Any) -> str:
     """Short name (f32, bf16, f16) of an OpenVINO element type given as ``ov.Type`` or as that name."""
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()
@@ -125,10 +132,8 @@ class OpenVINORunner(BaseRunner):
     def _load(self, component: str) -> Any:
         path = self.path_of(component)
         config = self.compile_config()
-        # the weight files and cached blobs are mapped, repacked, then never read again: keep them out of RSS
-        mapped = [path.resolve().parent] + ([Path(config["CACHE_DIR"]).resolve()] if "CACHE_DIR" in config else [])
         try:
-            with ReleasedWhileLoading(mapped):
+            with ReleasedWhileLoading(mapped_sources(path, config)):
                 model = self._core.read_model(str(path))
                 compiled = self._core.compile_model(model, self.device, config)
                 del model
