@@ -1,7 +1,7 @@
 """Core ML package sizes of the sd15-size DHumanDiff UNet: fp16, palettised 8/6/4-bit and linear int8.
 
-The issue's size goals (int8 <= 0.3x, 4-bit <= 0.17x the fp32 graph) are missed at 4 bits on OpenVINO because
-NNCF's int4 compresses MatMuls only; Core ML's palettiser compresses the convolutions too. This converts the
+The size goals (int8 <= 0.3x, 4-bit <= 0.17x the fp32 graph; ``benchmarks/goals.py``) are missed at 4 bits on
+OpenVINO because NNCF's int4 compresses MatMuls only; Core ML's palettiser compresses the convolutions too. This converts the
 same sd15-size UNet the sd15 bench measures (random weights, seed 0, split-einsum attention as Apple ships SD)
 with the project's exporter (``trace_component`` -> ``convert_traced``) and compresses it with the exporter's
 own hook (``compress_mlpackage``: coremltools.optimize.coreml), then reads the sizes off disk.
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
 MODES = ("palettize-8", "palettize-6", "palettize-4", "linear-int8")
 
 
@@ -33,12 +35,12 @@ def _mb(n: int) -> float:
 
 def convert_fp16(out: Path) -> dict[str, Any]:
     """The sd15-size UNet as the Core ML exporter writes it (fp16 mlprogram), and its fp32 weight bytes."""
-    from dhumandiff.bench.sd15 import _build
+    from benchmarks.sd15.prepare import build_model
     from dhumandiff.export.coreml_export import DEFAULT_ATTENTION, convert_traced, save_mlpackage, trace_component
     from dhumandiff.export.specs import get_spec
 
     t0 = time.perf_counter()
-    model = _build()
+    model = build_model()
     for attr in ("text_encoder", "image_encoder", "vae", "face_proj", "subject_mlp"):
         setattr(model, attr, None)  # only the UNet (and the resampler config its inputs read) is converted
     gc.collect()

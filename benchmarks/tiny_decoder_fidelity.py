@@ -17,7 +17,7 @@ import torch
 
 import dhumandiff.model.sampler as sampler_module
 from dhumandiff.checks.evaluate import EvalSetting, evaluate
-from dhumandiff.model.faces.base import get_face_analyzer
+from dhumandiff.model.faces import get_face_analyzer
 from dhumandiff.model.generate import load_model
 from dhumandiff.model.registry import ASSETS
 

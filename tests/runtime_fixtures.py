@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dhumandiff.runtimes.manifest import component_digests, write_manifest, manifest_from_dict
+from dhumandiff.contract.bundle import component_digests, write_manifest, manifest_from_dict
 
 IMAGE = 64
 DOWNSCALE = 4

@@ -13,9 +13,9 @@ from dhumandiff.cli.console import console
 from dhumandiff.cli.main import main
 from dhumandiff.export import batch as B
 from dhumandiff.model.registry import ASSETS
-from dhumandiff.runtimes.manifest import load_manifest
+from dhumandiff.contract.bundle import load_manifest
 
-from test_model_official import _official_release
+from model_fixtures import official_release
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +134,7 @@ def test_batch_needs_a_folder_with_models(tmp_path, capsys):
 
 
 def test_convert_official_batch(tmp_path, capsys):
-    sdxl, weights, _ = _official_release(tmp_path / "release")
+    sdxl, weights, _ = official_release(tmp_path / "release")
     releases = tmp_path / "releases"
     shutil.copytree(weights, releases / "r1")
     shutil.copytree(weights, releases / "r2")

@@ -26,7 +26,7 @@ def _kps(x: float, y: float) -> list[list[float]]:
 
 
 def real_annotation(spans: str = "char") -> dict[str, Any]:
-    """A hand-written annotation in the real PairHuman schema (as documented in DESIGN.md section 1)."""
+    """A hand-written annotation in the real PairHuman schema (as documented in docs/design.md section 1)."""
     if spans == "char":
         p1 = {"words": "bride", "start_idx": 2, "end_idx": 7}
         p2 = {"words": "groom", "start_idx": 31, "end_idx": 36}

@@ -18,7 +18,7 @@ from dhumandiff.export.specs import ComponentSpec, components_for
 from dhumandiff.export.validate import Tolerance
 from dhumandiff.model.dhumandiff_model import DHumanDiff
 from dhumandiff.utils.atomic import sha256_file
-from test_export_graphs import WORDS, make_tiny_model
+from model_fixtures import WORDS, make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_graph_outside_its_tolerance_is_not_written(tiny, out):
 
 
 def test_manifest_follows_the_contract(tiny, tmp_path):
-    manifest_mod = pytest.importorskip("dhumandiff.runtimes.manifest")
+    from dhumandiff.contract import bundle as manifest_mod
+
     for runtime, precision in (("onnx", "fp16"), ("torchscript", "fp32")):
         bundle = export_bundle(tiny, tmp_path / f"{runtime}-{precision}", runtime, precision, source_model="tiny")
         m = manifest_mod.load_manifest(bundle, runtime=runtime)  # strict: shapes, names, every sha256

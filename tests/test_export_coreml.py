@@ -34,7 +34,7 @@ from dhumandiff.export.coreml_chunk import (check_chunks, chunk_mlpackage, const
 from dhumandiff.export.specs import components_for, get_spec, unet_batch  # noqa: E402
 from dhumandiff.export.validate import compare_outputs, worst  # noqa: E402
 from dhumandiff.model.dhumandiff_model import DHumanDiff  # noqa: E402
-from dhumandiff.runtimes.manifest import COMPONENT_IO, load_manifest  # noqa: E402
+from dhumandiff.contract.bundle import COMPONENT_IO, load_manifest  # noqa: E402
 
 #: Small enough that the tiny UNet (8.8 MB of fp16 weights) is chunked like an SDXL UNet over 1 GB.
 TEST_CHUNK_THRESHOLD = 1_000_000

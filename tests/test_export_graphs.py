@@ -13,44 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from dhumandiff.export.artifacts import GraphJob
 from dhumandiff.export.bundle import export_bundle
 from dhumandiff.export.specs import components_for, get_spec, unet_batch
 from dhumandiff.model.dhumandiff_model import DHumanDiff
 from dhumandiff.utils.regions import default_boxes, region_mask
-
-WORDS = ["a", "photo", "of", "man", "woman", "and", "on", "the", "beach"]
-
-
-class SmallFaceNet(nn.Module):
-    """A real (randomly initialised) 112x112 -> 512 face encoder, for when the tiny world's is not available."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.GELU(), nn.Conv2d(8, 16, 4, 4), nn.GELU())
-        self.fc = nn.Linear(16 * 7 * 7, 512)
-
-    def forward(self, face: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(face).flatten(1))
-
-
-def identity_encoder() -> nn.Module:
-    try:
-        from dhumandiff.model.faces.world import WorldIdentityEncoder
-    except ImportError:
-        return SmallFaceNet()
-    return WorldIdentityEncoder()
-
-
-def make_tiny_model(seed: int = 0) -> DHumanDiff:
-    """A random-weight tiny model with an identity encoder (what a trained embedded tiny model ships)."""
-    torch.manual_seed(seed)
-    model = DHumanDiff.from_backbone("tiny", words=WORDS, seed=seed)
-    model.identity_encoder = identity_encoder()
-    return model.eval()
-
+from model_fixtures import WORDS, make_tiny_model
 
 @pytest.fixture(scope="module")
 def tiny() -> DHumanDiff:

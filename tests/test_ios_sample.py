@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from dhumandiff.errors import BundleError
-from dhumandiff.runtimes import schedulers as S
+from dhumandiff.contract import schedulers as S
 from dhumandiff.runtimes import swift_tables as st
-from dhumandiff.runtimes.manifest import COMPONENT_IO
+from dhumandiff.contract.bundle import COMPONENT_IO
 from dhumandiff.utils.prompt import PERSON_WORDS
 from dhumandiff.utils.regions import default_boxes
 

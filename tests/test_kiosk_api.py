@@ -8,6 +8,7 @@ service returns is compared pixel for pixel with the same bundle run directly wi
 from __future__ import annotations
 
 import io
+import os
 import queue
 import re
 import threading
@@ -38,7 +39,7 @@ from kiosk_fixtures import (  # noqa: E402
 
 from dhumandiff.serve import presets  # noqa: E402
 from dhumandiff.serve.app import KioskSettings, create_app  # noqa: E402
-from dhumandiff.utils.images import load_rgb  # noqa: E402
+from dhumandiff.contract.images import load_rgb  # noqa: E402
 
 BUSY = re.compile(r"^busy, (\d+) ahead of you; try again in a moment$")
 
@@ -309,6 +310,25 @@ def test_keep_dir_keeps_each_answer_only_when_configured(bundle: Path, tmp_path:
     assert (kept["seed"], kept["scene"], kept["request_id"]) == (5, "garden", d["request_id"])
 
 
+def test_keep_dir_that_cannot_be_written_still_answers_the_guest(bundle: Path, tmp_path: Path, caplog) -> None:
+    """Archiving is best-effort: a keep folder that cannot be written (here a read-only one; a full disk raises the
+    same OSError) is logged, and the guest still gets the portrait (it used to be a 500)."""
+    from dhumandiff.runtimes import load_bundle
+
+    if os.geteuid() == 0:
+        keep = tmp_path / "a-file"  # root ignores permission bits: a file where the folder should be fails alike
+        keep.write_text("not a folder")
+    else:
+        keep = tmp_path / "read-only"
+        keep.mkdir(mode=0o500)
+    app = create_app(load_bundle(bundle, num_threads=1), KioskSettings(keep_dir=keep / "kept" if keep.is_file()
+                                                                       else keep))
+    with caplog.at_level("WARNING", logger="dhumandiff.serve"), ThreadServer(app) as srv, client(srv.url) as c:
+        r = c.post("/api/generate", files=photo_files(), data={"scene": "garden", "seed": "5"})
+    assert r.status_code == 200 and r.json()["image"].startswith("data:image/png;base64,")
+    assert any("could not keep request" in rec.getMessage() for rec in caplog.records)
+
+
 # ------------------------------------------------------------------------------------------ under load
 
 
@@ -467,3 +487,8 @@ def test_serve_refuses_a_bad_bundle_and_a_busy_port_with_one_line(bundle: Path, 
     assert "Traceback" not in err and "cannot listen on 127.0.0.1" in err
     assert main(["serve", str(bundle), "--queue", "-1"]) == 1
     assert "--queue must be 0 or more" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["serve", str(bundle), "--keep-dir", str(blocker / "kept")]) == 1  # refused at start-up
+    err = capsys.readouterr().err
+    assert "--keep-dir" in err and "cannot be created" in err and "Traceback" not in err

@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 from kiosk_fixtures import FACE_A, FACE_B, KioskServer, decode_data_url, kiosk_bundle  # noqa: E402
 
 from dhumandiff.serve import presets  # noqa: E402
-from dhumandiff.utils.images import load_rgb  # noqa: E402
+from dhumandiff.contract.images import load_rgb  # noqa: E402
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")

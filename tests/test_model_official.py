@@ -4,38 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
 
 from dhumandiff.errors import CheckpointError
 from dhumandiff.model.convert import convert_official
 from dhumandiff.model.dhumandiff_model import DHumanDiff
 from dhumandiff.model.official import OFFICIAL_FILES, export_official, safe_torch_load
-
-WORDS = ["a", "man", "and", "woman", "on", "the", "beach"]
-
-
-def _official_release(tmp: Path) -> tuple[Path, Path, DHumanDiff]:
-    """An SDXL-layout folder and the four official files, at test size, from a random xl-test model."""
-    model = DHumanDiff.from_backbone("xl-test", words=WORDS, seed=1)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    sdxl, weights = tmp / "sdxl", tmp / "weights"
-    procs = dict(model.unet.attn_processors)
-    model.unet.set_attn_processor(AttnProcessor2_0())
-    model.unet.save_pretrained(sdxl / "unet")
-    model.unet.set_attn_processor(procs)
-    model.vae.save_pretrained(sdxl / "vae")
-    model.text_encoder.save_pretrained(sdxl / "text_encoder")
-    model.text_encoder_2.save_pretrained(sdxl / "text_encoder_2")
-    model.tokenizer.save_pretrained(sdxl / "tokenizer")
-    model.tokenizer_2.save_pretrained(sdxl / "tokenizer_2")
-    model.image_encoder.save_pretrained(weights / "image_encoder")
-    export_official(model, weights)
-    return sdxl, weights, model
-
+from model_fixtures import official_release
 
 def test_official_files_use_official_key_names(tmp_path):
-    _, weights, _ = _official_release(tmp_path)
+    _, weights, _ = official_release(tmp_path)
     ip = safe_torch_load(weights / "ip_adapter_ca.pt")
     assert "1.to_k_ip1.weight" in ip and "1.to_v_ip2.weight" in ip and not any(k.startswith("0.") for k in ip)
     res = safe_torch_load(weights / "face_projection.pt")
@@ -47,7 +24,7 @@ def test_official_files_use_official_key_names(tmp_path):
 
 
 def test_strict_round_trip(tmp_path):
-    sdxl, weights, original = _official_release(tmp_path)
+    sdxl, weights, original = official_release(tmp_path)
     out = convert_official(sdxl, weights, tmp_path / "converted")
     loaded = DHumanDiff.from_pretrained(out)
     for name in ("resampler", "face_proj", "subject_mlp", "unet", "text_encoder", "text_encoder_2", "vae"):
@@ -77,7 +54,7 @@ def test_strict_round_trip(tmp_path):
     ("face_projection2.pt", "extra", "unexpected keys"),
 ])
 def test_missing_or_extra_key_is_a_clear_error(tmp_path, fname, edit, needle):
-    sdxl, weights, _ = _official_release(tmp_path)
+    sdxl, weights, _ = official_release(tmp_path)
     state = safe_torch_load(weights / fname)
     if edit == "drop":
         state.pop(sorted(k for k in state if k.endswith("weight"))[-1])
@@ -90,7 +67,7 @@ def test_missing_or_extra_key_is_a_clear_error(tmp_path, fname, edit, needle):
 
 
 def test_missing_official_file_is_named(tmp_path):
-    sdxl, weights, _ = _official_release(tmp_path)
+    sdxl, weights, _ = official_release(tmp_path)
     (weights / "mapping.pt").unlink()
     with pytest.raises(CheckpointError, match="mapping.pt not found"):
         convert_official(sdxl, weights, tmp_path / "out")
@@ -105,7 +82,7 @@ class _Payload:
 
 
 def test_malicious_pickle_is_refused_without_running_its_payload(tmp_path):
-    sdxl, weights, _ = _official_release(tmp_path)
+    sdxl, weights, _ = official_release(tmp_path)
     marker = tmp_path / "payload_ran"
     state = safe_torch_load(weights / "mapping.pt")
     state["evil"] = _Payload(str(marker))

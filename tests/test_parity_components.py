@@ -15,9 +15,8 @@ from dhumandiff.checks.parity import grid_boxes, run_parity
 from dhumandiff.errors import BundleError, ParityError
 from dhumandiff.export.bundle import export_bundle
 from dhumandiff.model.dhumandiff_model import DHumanDiff
-from test_export_graphs import WORDS, make_tiny_model
+from model_fixtures import WORDS, make_tiny_model
 
-pytest.importorskip("dhumandiff.runtimes.manifest")
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +77,8 @@ def test_reference_model_must_be_known_and_match(bundles):
 @pytest.mark.parametrize("size", [(16, 16), (64, 64), (128, 96)])
 def test_grid_boxes_give_one_mask_under_both_rasterisation_rules(size):
     """The reference (cell centre inside the box) and the runtime (cell overlaps the box) agree on the grid."""
-    from dhumandiff.runtimes.layout import make_layout
-    from dhumandiff.runtimes.layout import region_mask as runtime_mask
+    from dhumandiff.contract.layout import make_layout
+    from dhumandiff.contract.layout import region_mask as runtime_mask
     from dhumandiff.utils.regions import region_mask as reference_mask
 
     h, w = size
@@ -103,7 +102,6 @@ def _analyzer(model: DHumanDiff):
 @pytest.mark.parametrize("key", ["onnx-fp32", "onnx-fp16"])
 def test_end_to_end_within_budget(tiny, bundles, tmp_path, key):
     """Same faces, prompt, layout and seed through the torch reference and the bundle's NumPy sampler."""
-    pytest.importorskip("dhumandiff.runtimes.generator")
     report = tmp_path / "e2e.json"
     result = run_parity(bundles[key], model=tiny, steps=4, report=report, analyzer=_analyzer(tiny))
     e2e = result.end_to_end

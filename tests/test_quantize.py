@@ -21,10 +21,15 @@ from dhumandiff.errors import DHumanDiffError, ParityError
 from dhumandiff.export.bundle import export_bundle
 from dhumandiff.export.quantize_modes import BUDGETS, QuantizeOptions
 from dhumandiff.model.generate import load_model
-from test_calibration import LAYERS, STEPS, shared_calibration
+from dhumandiff.utils.cpu import CpuFeatures, cpu_features
+from calibration_fixtures import LAYERS, STEPS, shared_calibration
 
 VARIANTS = [("onnx", "int8-static"), ("onnx", "int8-dynamic"), ("openvino", "int8-weights"),
             ("openvino", "int4-weights"), ("openvino", "int8"), ("coreml", "palettize-6"), ("coreml", "linear-int8")]
+#: ONNX int8 picks its kernel by the exporting CPU (u8 x s8 with VNNI, u8 x u8 without: exact on every CPU).
+#: A VNNI machine also checks the u8 x u8 variant that AVX2-only machines export ("MODE:KERNEL").
+if cpu_features().vnni:
+    VARIANTS.insert(1, ("onnx", "int8-static:u8u8"))
 #: Core ML conversions of the whole bundle take 60-100 s each on 2 cores: the default suite converts one
 #: (palettize-6); linear int8 and the mixed-bit recipe run with ``-m slow`` (and on macOS for predictions).
 SLOW = {("coreml", "linear-int8")}
@@ -68,9 +73,10 @@ def bundles(tiny, calib, tmp_path_factory):
     def get(runtime: str, mode: str) -> Path:
         if (runtime, mode) not in made:
             precision = "fp16" if runtime == "coreml" else "fp32"
-            made[(runtime, mode)] = export_bundle(tiny, root / f"{runtime}-{mode}", runtime, precision,
-                                                  source_model="tiny",
-                                                  quantization=QuantizeOptions(mode, calibration=calib))
+            name, _, kernel = mode.partition(":")
+            options = QuantizeOptions(name, calibration=calib, int8_kernel=kernel or "auto")
+            made[(runtime, mode)] = export_bundle(tiny, root / f"{runtime}-{mode.replace(':', '-')}", runtime,
+                                                  precision, source_model="tiny", quantization=options)
         return made[(runtime, mode)]
 
     return get
@@ -88,7 +94,7 @@ def test_variant_is_smaller_and_records_its_budget(bundles, fp32_sizes, runtime,
     bundle = bundles(runtime, mode)
     m = _manifest(bundle)
     q = m["quantization"]
-    assert q["mode"] == mode and q["runtime"] == runtime and m["precision"] == q["precision"] != "fp32"
+    assert q["mode"] == mode.partition(":")[0] and q["runtime"] == runtime and m["precision"] == q["precision"] != "fp32"
     assert q["budget"] == BUDGETS[q["weight_bits"]]
     assert m["budget"]["end_to_end_psnr_db"] == q["budget"]["psnr_db"]
     assert set(q["components"]) == set(m["components"]) - {"vae_decoder"}
@@ -127,7 +133,7 @@ def test_variant_loads_generates_and_is_held_to_its_budget(bundles, tiny, runtim
     assert all(c.passed for c in report.components), report.failures
     data = json.loads((tmp_path / "parity.json").read_text())
     assert data["end_to_end"]["identity_delta"] == pytest.approx(e2e.identity_delta)
-    assert data["quantization"]["mode"] == mode
+    assert data["quantization"]["mode"] == mode.partition(":")[0]
 
 
 def test_over_strict_budget_fails(bundles, tiny, tmp_path):
@@ -150,10 +156,31 @@ def test_onnx_graphs_hold_int8(bundles):
     static = onnx.load(str(bundles("onnx", "int8-static") / "unet.onnx"))
     ops = [n.op_type for n in static.graph.node]
     assert ops.count("DequantizeLinear") > 50 and ops.count("QuantizeLinear") > 20  # QDQ format
-    weights = [i for i in static.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    kernel = cpu_features().int8_kernel  # s8 weights with VNNI; u8 (exact without VNNI) elsewhere
+    weight_type = onnx.TensorProto.INT8 if kernel == "u8s8" else onnx.TensorProto.UINT8
+    weights = [i for i in static.graph.initializer if i.data_type == weight_type]
     assert len(weights) > 50
+    q = _manifest(bundles("onnx", "int8-static"))["quantization"]
+    assert q["graphs"]["unet"]["int8_kernel"] == kernel and q["cpu"]["vnni"] == cpu_features().vnni
     dynamic = onnx.load(str(bundles("onnx", "int8-dynamic") / "unet.onnx"))
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & {n.op_type for n in dynamic.graph.node}
+
+
+def test_u8s8_bundle_warns_on_a_cpu_without_vnni(bundles, monkeypatch):
+    """A bundle quantised for u8 x s8 (VNNI) kernels says so when it runs on an AVX2-only CPU; a u8 x u8 one runs
+    there without a word."""
+    import dhumandiff.runtimes.generator as generator
+    from dhumandiff.contract.bundle import load_manifest
+
+    monkeypatch.setattr(generator, "cpu_features",
+                        lambda: CpuFeatures(model="AVX2-only", machine="x86_64", cores=2, flags=("avx2", "fma")))
+    m = load_manifest(bundles("onnx", "int8-static"))
+    if cpu_features().vnni:
+        with pytest.warns(RuntimeWarning, match=r"u8 x s8 kernels; this CPU \(AVX2\) has no VNNI.*--int8-kernel u8u8"):
+            assert generator.warn_if_cpu_unfit(m)
+        assert generator.warn_if_cpu_unfit(load_manifest(bundles("onnx", "int8-static:u8u8"))) is None
+    else:
+        assert generator.warn_if_cpu_unfit(m) is None  # exported here: u8 x u8
 
 
 def test_sensitive_layers_stay_float(tiny, calib, tmp_path):

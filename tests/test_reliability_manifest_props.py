@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from runtime_fixtures import LCM_CONFIG, component_io, manifest_dict
 
 from dhumandiff.errors import BundleError
-from dhumandiff.runtimes import schedulers
-from dhumandiff.runtimes.manifest import Manifest, manifest_from_dict
+from dhumandiff.contract import schedulers
+from dhumandiff.contract.bundle import Manifest, manifest_from_dict
 
 _text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 _scalar = (st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True, allow_infinity=True)

@@ -25,7 +25,7 @@ from runtime_fixtures import build_tiny_bundle, face_images, make_modules  # noq
 from dhumandiff.cli.main import main  # noqa: E402
 from dhumandiff.errors import NumericalError, SettingsError  # noqa: E402
 from dhumandiff.runtimes import load_bundle  # noqa: E402
-from dhumandiff.runtimes.manifest import component_digests  # noqa: E402
+from dhumandiff.contract.bundle import component_digests  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = (REPO / "examples" / "face_a.png", REPO / "examples" / "face_b.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from dhumandiff.errors import BundleError, NumericalError, RuntimeUnavailableErr
 from dhumandiff.runtimes.adapters import available_runtimes, make_runner
 from dhumandiff.runtimes.adapters.onnx import OnnxRunner, choose_providers
 from dhumandiff.runtimes.adapters.openvino import OpenVINORunner, precision_hint, resolve_device
-from dhumandiff.runtimes.manifest import ComponentSpec, TensorSpec
+from dhumandiff.contract.bundle import ComponentSpec, TensorSpec
+from dhumandiff.utils.cpu import CpuFeatures, cpu_features
 
 SHAPE = [1, 4, 2, 2]
 
@@ -126,7 +126,8 @@ def test_openvino_precision_is_always_explicit(tmp_path: Path) -> None:
     assert precision_hint("fp16", "GPU") == "f16"
     assert precision_hint("fp16", "CPU") == "f32"
     assert precision_hint("int8", "CPU") == "f32"
-    assert precision_hint("bf16", "CPU") == "bf16"
+    assert precision_hint("bf16", "CPU") == ("bf16" if cpu_features().bf16 else "f32")
+    assert precision_hint("bf16", "GPU") == "bf16"
     comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred")
     runner = OpenVINORunner(comps, tmp_path, precision="fp32")
     compiled, _ = runner.handle("unet")
@@ -149,12 +150,33 @@ def test_openvino_caches_compiled_graphs(tmp_path: Path, monkeypatch: pytest.Mon
     again = OpenVINORunner(comps, tmp_path, precision="fp32")
     np.testing.assert_array_equal(again.run("unet", {"sample": x})["noise_pred"], want)
     assert sorted(cache.rglob("*.blob")) == blobs, "a restart with the same settings reuses the blob"
-    # another precision of the same file never sees the f32 blob (OpenVINO's cache key ignores the hint)
+    # another precision of the same file never sees the f32 blob (OpenVINO's cache key ignores the hint); on a CPU
+    # without native bf16 a bf16 bundle runs f32 (OpenVINO would anyway) and shares the f32 blob
     bf16 = OpenVINORunner(comps, tmp_path, precision="bf16")
     np.testing.assert_allclose(bf16.run("unet", {"sample": x})["noise_pred"], want, atol=1e-2)
-    assert {b.parent.name for b in cache.rglob("*.blob")} == {"cpu-f32-tall", "cpu-bf16-tall"}
+    folders = {"cpu-f32-tall", "cpu-bf16-tall"} if cpu_features().bf16 else {"cpu-f32-tall"}
+    assert {b.parent.name for b in cache.rglob("*.blob")} == folders
     monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", "off")
     assert "CACHE_DIR" not in OpenVINORunner(comps, tmp_path, precision="fp32").compile_config()
+
+
+AVX2_ONLY = CpuFeatures(model="AVX2-only test CPU", machine="x86_64", cores=2, flags=("avx2", "fma"))
+
+
+def test_openvino_bf16_bundle_runs_f32_on_a_cpu_without_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU OpenVINO cannot run bf16: the bf16 bundle compiles at f32 (and says so) instead of
+    failing with 'ignored precision', and shares the f32 compile cache."""
+    import dhumandiff.runtimes.adapters.openvino as ov_adapter
+
+    monkeypatch.setattr(ov_adapter, "cpu_features", lambda: AVX2_ONLY)
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(tmp_path / "ov-cache"))
+    assert precision_hint("bf16", "CPU") == "f32" and precision_hint("bf16", "GPU") == "bf16"
+    comps = _components(tmp_path, "unet", "Relu", "sample", "noise_pred")
+    runner = OpenVINORunner(comps, tmp_path, precision="bf16")
+    assert runner.providers == ["OpenVINO:CPU:f32"]
+    x = np.linspace(-1, 1, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
+    np.testing.assert_array_equal(runner.run("unet", {"sample": x})["noise_pred"], np.maximum(x, 0))
+    assert {b.parent.name for b in (tmp_path / "ov-cache").rglob("*.blob")} == {"cpu-f32-tall"}
 
 
 def test_openvino_cache_that_cannot_be_written_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,15 +11,15 @@ import pytest
 from PIL import Image
 
 from dhumandiff.errors import InputImageError
-from dhumandiff.runtimes.imageio import (
+from dhumandiff.contract.images import (
     MAX_PIXELS,
     load_image,
     postprocess,
     preprocess_clip,
     preprocess_face,
-    save_png,
     square_resize,
 )
+from dhumandiff.utils.images import save_image_atomic
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -59,7 +59,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
 def test_text_file(tmp_path: Path) -> None:
     f = tmp_path / "notes.jpg"
     f.write_text("this is not a photo\n" * 10)
-    _refused(f, r"notes\.jpg is not a readable image; pass a JPEG, PNG or WebP photo")
+    _refused(f, r"notes\.jpg is not an image file Pillow can read; pass a JPEG, PNG or WebP photo")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -69,7 +69,7 @@ def test_truncated_file(tmp_path: Path, fmt: str) -> None:
     Image.fromarray(noise).save(f, format=fmt)
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    _refused(f, r"is truncated or corrupt .*re-copy or re-export the photo")
+    _refused(f, r"is corrupt or truncated .*re-copy or re-export the photo")
 
 
 def test_huge_image_header_is_refused_before_decoding(tmp_path: Path) -> None:
@@ -199,6 +199,6 @@ def test_postprocess_matches_diffusers_rounding() -> None:
 
 
 def test_save_png_is_atomic(tmp_path: Path) -> None:
-    out = save_png(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path / "sub" / "out.png")
+    out = save_image_atomic(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path / "sub" / "out.png")
     assert out.exists() and np.asarray(Image.open(out))[0, 0].tolist() == [1, 2, 3]
     assert [p.name for p in out.parent.iterdir()] == ["out.png"]

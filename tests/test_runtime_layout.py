@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dhumandiff.errors import LayoutError
-from dhumandiff.runtimes.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
+from dhumandiff.contract.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
 from dhumandiff.utils import regions
 
 

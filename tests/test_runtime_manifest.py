@@ -11,7 +11,7 @@ import pytest
 from runtime_fixtures import component_io, write_fake_bundle
 
 from dhumandiff.errors import BundleError
-from dhumandiff.runtimes.manifest import (
+from dhumandiff.contract.bundle import (
     Manifest,
     component_digests,
     load_manifest,
@@ -342,7 +342,7 @@ def test_refuses_malformed_fields(bundle: Path, edit: Callable[[dict[str, Any]],
 
 
 def test_contract_helper_matches_required_components() -> None:
-    from dhumandiff.runtimes.manifest import COMPONENT_IO
+    from dhumandiff.contract.bundle import COMPONENT_IO
 
     assert set(COMPONENT_IO) <= set(component_io())
     for name, (ins, outs) in COMPONENT_IO.items():

@@ -11,7 +11,7 @@ import pytest
 
 from dhumandiff.runtimes.adapters.mapped_weights import ReleasedWhileLoading, mapped_regions, release_mapped
 from dhumandiff.runtimes.adapters.openvino import OpenVINORunner
-from dhumandiff.runtimes.manifest import ComponentSpec, TensorSpec
+from dhumandiff.contract.bundle import ComponentSpec, TensorSpec
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps (Linux)")
 

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from dhumandiff.errors import BundleError  # noqa: E402
-from dhumandiff.runtimes import schedulers as S  # noqa: E402
+from dhumandiff.contract import schedulers as S  # noqa: E402
 
 # diffusers' Euler calls np.array(tensor, copy=False), which numpy 2 flags; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -8,7 +8,7 @@ import torch
 
 from dhumandiff.data.synth import synthesize
 from dhumandiff.model.dhumandiff_model import DHumanDiff
-from dhumandiff.model.faces.base import get_face_analyzer
+from dhumandiff.model.faces import get_face_analyzer
 from dhumandiff.model.faces.world import WorldIdentityEncoder
 from dhumandiff.training.tensors import encode_latents, load_training_tensors
 

@@ -31,16 +31,3 @@ def counted_forward(module: nn.Module, inputs: Mapping[str, torch.Tensor] | tupl
         out = module(*args)
     return int(counter.get_total_flops()), out
 
-
-def component_flops(model: Any, batch: int, names: tuple[str, ...] | None = None, seed: int = 0) -> dict[str, int]:
-    """FLOPs per call of each exported component of ``model`` (the export specs' wrappers and example inputs;
-    ``batch`` is the UNet's batch: 2 with classifier-free guidance, 1 for a CFG-free student)."""
-    from ..export.specs import components_for
-
-    out = {}
-    for spec in components_for(model):
-        if names is not None and spec.name not in names:
-            continue
-        module = spec.build(model).eval()
-        out[spec.name] = count_flops(module, spec.example(model, batch, seed))
-    return out

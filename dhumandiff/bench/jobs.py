@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import dhumandiff
 
@@ -17,19 +17,23 @@ from .measure import load_average
 _PACKAGE_PARENT = str(Path(dhumandiff.__file__).resolve().parent.parent)
 
 
-def worker_env(threads: int | None = None) -> dict[str, str]:
+def worker_env(threads: int | None = None, pythonpath: Sequence[str] = ()) -> dict[str, str]:
+    """The worker's environment: this one, with the package (and ``pythonpath``: folders holding the modules a
+    ``call`` job names) importable, and the thread budget applied."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, *pythonpath, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONWARNINGS", "ignore")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
-def run_worker(job: dict[str, Any], work: Path, name: str, timeout: float | None = None) -> dict[str, Any]:
+def run_worker(job: dict[str, Any], work: Path, name: str, timeout: float | None = None,
+               pythonpath: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``job`` in ``python -m dhumandiff.bench.worker``; returns its result dict (``error`` set on failure).
 
-    ``name`` names the job's files in ``work`` (``NAME.job.json``, ``NAME.result.json``, ``NAME.log``).
+    ``name`` names the job's files in ``work`` (``NAME.job.json``, ``NAME.result.json``, ``NAME.log``);
+    ``pythonpath``: more import roots for the worker (where the target of a ``call`` job lives).
     """
     work.mkdir(parents=True, exist_ok=True)
     job = dict(job)
@@ -42,7 +46,8 @@ def run_worker(job: dict[str, Any], work: Path, name: str, timeout: float | None
     with open(log_path, "wb") as log:
         try:
             proc = subprocess.run([sys.executable, "-m", "dhumandiff.bench.worker", str(job_path)], stdout=log,
-                                  stderr=subprocess.STDOUT, env=worker_env(job.get("threads")), timeout=timeout)
+                                  stderr=subprocess.STDOUT, env=worker_env(job.get("threads"), pythonpath),
+                                  timeout=timeout)
             code = proc.returncode
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s (log: {log_path})"}

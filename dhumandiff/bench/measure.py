@@ -14,9 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-#: CPU flags that decide which matmul kernels exist (VNNI: int8 dot products; BF16: bf16 FMAs; AMX: tiles).
-MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-                "amx_bf16", "amx_fp16")
+from ..utils.cpu import cpu_features
 
 
 @dataclass
@@ -108,19 +106,8 @@ def reset_peak_rss() -> bool:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, core count and the matmul-relevant flags (from /proc/cpuinfo where it exists)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "machine": platform.machine(),
-            "flags": [f for f in MATMUL_FLAGS if f in flags]}
+    """CPU model, core count, the matmul-relevant flags and their one-line summary (``utils.cpu``)."""
+    return cpu_features().to_dict()
 
 
 def memory_total_gb() -> float | None:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .jobs import run_worker
-from .measure import cpu_info
+from ..utils.cpu import cpu_features
 
 Progress = Callable[[str], None]
 
@@ -135,7 +135,7 @@ def ensure_bundle(model: Any, model_name: str, runtime: str, precision: str, cac
     """The cached bundle of ``model`` for ``runtime``/``precision``, exported on first use (or when the model's
     files changed since)."""
     from ..export.bundle import export_bundle
-    from ..runtimes.manifest import load_manifest
+    from ..contract.bundle import load_manifest
 
     out = cache / f"{Path(model_name).name}-{runtime}-{precision}"
     stamp = out.with_name(out.name + ".source-sha256")
@@ -215,7 +215,7 @@ def plan_variants(settings: Any, progress: Progress) -> tuple[list[Variant], dic
             job = {**common, "engine": "torch", "model": src, "precision": precision,
                    "bundle": refs[src]["template"], "component_inputs": refs[src]["inputs"]}
             variants.append(Variant(label + _model_tag(src, base), job, "torch", precision, src))
-    bf16_cpu = bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]))
+    bf16_cpu = cpu_features().bf16
     seen: dict[str, int] = {}
     for bundle, ours in bundles:
         label, runtime, precision = _bundle_label(bundle)

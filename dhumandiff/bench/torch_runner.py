@@ -66,3 +66,12 @@ class TorchRunner:
             value = module(*args)
         values = value if isinstance(value, (tuple, list)) else (value,)
         return {name: v.detach().float().cpu().numpy() for name, v in zip(outputs, values)}
+
+
+def weights_fingerprint(module: torch.nn.Module) -> float:
+    """A cheap checksum of a module's weights (sum of |w| over a few tensors), to prove that a model rebuilt from
+    the same backbone and seed is the one that was exported."""
+    with torch.no_grad():
+        params = list(module.parameters())
+        picks = params[:: max(1, len(params) // 16)]
+        return float(sum(p.detach().double().abs().sum().item() for p in picks))

@@ -11,11 +11,13 @@ Job kinds:
 * ``pipeline`` — a bundle through its runtime adapter, or a model's torch modules (:class:`TorchRunner`),
   driven by the NumPy sampler loop: load + cold first image, warm end-to-end images, then each component on
   fixed inputs.
-* ``graph`` — one component graph (the sd15-scale UNet): a torch module, an ONNX file (onnxruntime) or an
-  OpenVINO IR, optionally reshaped to another batch, optionally profiled per op.
+* ``graph`` — one component graph on its own (e.g. a large UNet's step): a torch module rebuilt from a backbone
+  and seed, an ONNX file (onnxruntime) or an OpenVINO IR, optionally reshaped to another batch, optionally
+  profiled per op.
 * ``peaks`` — the machine's matmul peaks (``peaks.matmul_peaks``).
-* ``call`` — any ``module:function(**kwargs)`` returning JSON-able data (heavy preparation such as the sd15
-  exports, kept out of the parent's memory).
+* ``call`` — any ``module:function(**kwargs)`` returning JSON-able data (heavy preparation such as exports,
+  or a measurement of the caller's own, kept out of the parent's memory; ``run_worker(..., pythonpath=...)``
+  makes a module outside the package importable).
 
 Failures are written into the result (``error``) instead of raising: one broken variant must not stop a run.
 """
@@ -35,7 +37,7 @@ import numpy as np
 from dhumandiff.runtimes.adapters.mapped_weights import ReleasedWhileLoading
 from dhumandiff.runtimes.adapters.openvino import mapped_sources
 
-from .measure import Timing, peak_rss_mb, reset_peak_rss, rss_mb, time_calls
+from .measure import peak_rss_mb, reset_peak_rss, rss_mb, time_calls
 
 _T_START = time.perf_counter()
 
@@ -105,7 +107,7 @@ def calls_per_image(manifest: Any, steps: int) -> dict[str, int]:
 def _pipeline_loader(job: dict[str, Any]) -> Callable[[], tuple[Any, dict[str, float]]]:
     """A function that loads the variant and returns ``(generator, seconds per load phase)``."""
     from ..runtimes.generator import BundleGenerator, load_bundle
-    from ..runtimes.manifest import load_manifest
+    from ..contract.bundle import load_manifest
     from ..runtimes.tokenizer import PromptTokenizer
 
     def load_bundle_variant() -> tuple[Any, dict[str, float]]:
@@ -263,9 +265,9 @@ def _graph_loader(job: dict[str, Any], profile: bool = False) -> Callable[[], tu
             runner = TorchRunner(model, job.get("precision", "fp32"), (job["component"],))
             check = job.get("fingerprint")
             if check is not None:
-                from .sd15 import fingerprint
+                from .torch_runner import weights_fingerprint
 
-                got = fingerprint(runner.handle(job["component"])[0])
+                got = weights_fingerprint(runner.handle(job["component"])[0])
                 if abs(got - check) > 1e-6 * max(1.0, abs(check)):
                     raise RuntimeError(f"rebuilt {build['backbone']} weights differ from the exported ones "
                                        f"(fingerprint {got} vs {check}); clear the bench cache")
@@ -418,6 +420,7 @@ def _profile_graph(job: dict[str, Any], top: int = 12) -> list[dict[str, Any]]:
 def run_call(job: dict[str, Any]) -> dict[str, Any]:
     import importlib
 
+    _threads(job.get("threads"))
     module, func = job["target"].split(":")
     value = getattr(importlib.import_module(module), func)(**job.get("kwargs", {}))
     return {"value": value, "memory": {"peak_mb": round(peak_rss_mb(), 1)}}
@@ -430,15 +433,8 @@ def run_peaks(job: dict[str, Any]) -> dict[str, Any]:
     return matmul_peaks(**job.get("kwargs", {}))
 
 
-def run_sd15_image(job: dict[str, Any]) -> dict[str, Any]:
-    from .sd15_pipeline import run_sd15_image as run
-
-    _threads(job.get("threads"))
-    return run(job)
-
-
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "pipeline": run_pipeline, "graph": run_graph, "peaks": run_peaks, "call": run_call, "sd15_image": run_sd15_image}
+    "pipeline": run_pipeline, "graph": run_graph, "peaks": run_peaks, "call": run_call}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,9 @@ Submodules are imported on use, so ``import dhumandiff.calibration`` does not pu
 
 from __future__ import annotations
 
-from typing import Any
+from ..utils.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "CalibrationSet": "dhumandiff.calibration.store",
     "CalibrationError": "dhumandiff.calibration.store",
     "CalibrationConfig": "dhumandiff.calibration.record",
@@ -21,14 +21,4 @@ _EXPORTS = {
     "analyze_sensitivity": "dhumandiff.calibration.sensitivity",
     "sensitive_layers": "dhumandiff.calibration.sensitivity",
     "mixed_bit_recipe": "dhumandiff.calibration.sensitivity",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dhumandiff.calibration' has no attribute {name!r}")
+})

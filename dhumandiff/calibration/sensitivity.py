@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contract.metrics import psnr_db  # capped at 200 dB, as export.validate and parity report it
 from ..errors import DHumanDiffError
 from ..model.dhumandiff_model import DHumanDiff
 from .store import CalibrationSet
@@ -121,15 +122,6 @@ def quantized_input(layer: nn.Module, lo: float, hi: float) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------ the batch
-
-
-def psnr_db(reference: np.ndarray, test: np.ndarray, cap: float = 200.0) -> float:
-    """``20 log10(range(reference) / rmse)``, capped: the definition of ``export.validate.psnr_db`` (the export
-    stage sits above this one, so it is restated rather than imported)."""
-    ref = np.asarray(reference, np.float64)
-    rmse = float(np.sqrt(np.mean((np.asarray(test, np.float64) - ref) ** 2)))
-    peak = float(ref.max() - ref.min()) or max(float(np.abs(ref).max()), 1.0)
-    return cap if rmse == 0.0 else float(min(20.0 * math.log10(peak / rmse), cap))
 
 
 def _batch(calib: CalibrationSet, samples: int) -> tuple[dict[str, torch.Tensor], np.ndarray, int]:

@@ -168,7 +168,7 @@ def write_calibration(out_dir: str | Path, tensors: Mapping[str, np.ndarray], me
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, markers=(META_FILE,)) as tmp:
         save_file(arrays, str(tmp / TENSORS_FILE))
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **dict(meta), "file": TENSORS_FILE,
                 "file_sha256": sha256_file(tmp / TENSORS_FILE), "tensors_sha256": tensors_digest(arrays)}
@@ -177,11 +177,3 @@ def write_calibration(out_dir: str | Path, tensors: Mapping[str, np.ndarray], me
             (tmp / SENSITIVITY_FILE).write_text(json.dumps(sensitivity, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir)
 
-
-def write_sensitivity(calib_dir: str | Path, sensitivity: Mapping[str, Any]) -> Path:
-    """Add (or replace) ``sensitivity.json`` in an existing calibration folder, atomically."""
-    from ..utils.atomic import write_text_atomic
-
-    path = Path(calib_dir) / SENSITIVITY_FILE
-    write_text_atomic(path, json.dumps(sensitivity, indent=2) + "\n")
-    return path

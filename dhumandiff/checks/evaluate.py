@@ -35,13 +35,14 @@ from ..data.dataset import PairHumanDataset
 from ..errors import FaceNotFoundError, MultipleFacesError
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.face_inputs import prepare_face
-from ..model.faces.base import Face, FaceAnalyzer, l2_normalize
-from ..model.faces.world_detect import WorldAttributeReader, WorldFaceDetector
+from ..contract.faces.base import Face, FaceAnalyzer, l2_normalize
+from ..contract.faces.world_detect import WorldAttributeReader, WorldFaceDetector
 from ..model.faces.world import face_crop
 from ..model.generate import default_analyzer
 from ..model.sampler import ReferenceSampler
 from ..utils.atomic import write_text_atomic
-from ..utils.images import load_rgb, save_image_atomic, to_pil
+from ..contract.images import image01_to_pil, load_rgb
+from ..utils.images import save_image_atomic
 from ..utils.prompt import person_positions
 
 
@@ -206,7 +207,7 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
                                  seed=seed + k, guidance=guidance, mode=st.mode, sampler=st.sampler)
             t_total += time.perf_counter() - t0
             passes = out.unet_passes
-            img = np.asarray(to_pil(out.image.numpy()))
+            img = np.asarray(image01_to_pil(out.image.numpy()))
             outputs.append(img)
             rows.append(_score(img, it, ref_imgs, boxes, evaluator, detector, attr_reader, reader))
             sheets.append((ref_imgs, img, real[k]))

@@ -1,6 +1,6 @@
 """``dhumandiff parity``: is an exported bundle the same model as its torch source, within its written budget?
 
-Two measurements (DESIGN.md 3):
+Two measurements (docs/design.md 3):
 
 * **per component**, on the export specs' fixed seeded inputs: the torch fp32 wrapper against the bundle's graph
   run through the shipped runtime adapter (``dhumandiff.runtimes``), by max abs error, cosine and PSNR, gated by
@@ -17,7 +17,7 @@ its reference photo — by an evaluator encoder the model was not trained agains
 as ``dhumandiff eval`` uses) — within ``identity_delta`` of the fp32 image's.
 
 The end-to-end reference is built from exactly the runtime's inputs: the faces go through the runtime's own
-preprocessing (``runtimes.imageio``: centre crop, bicubic resize, normalise) and the layout is snapped to the
+preprocessing (``contract.images``: centre crop, bicubic resize, normalise) and the layout is snapped to the
 latent grid, where the reference's and the runtime's mask rasterisation rules agree. So the measurement is of
 the exported graphs and the NumPy sampler, not of two different crops or masks.
 
@@ -38,9 +38,11 @@ import torch
 from ..errors import BundleError, DHumanDiffError, ParityError
 from ..export.bundle import torch_outputs
 from ..export.specs import DEFAULT_TOLERANCES, END_TO_END_BUDGETS, get_spec
-from ..export.validate import Comparison, Tolerance, compare_outputs, cosine, psnr_db, worst
+from ..contract.metrics import cosine, psnr_db
+from ..export.validate import Comparison, Tolerance, compare_outputs, worst
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.atomic import write_text_atomic
+from ..utils.numerics import json_safe
 from ..utils.regions import default_boxes
 
 DEFAULT_PROMPT = "a photo of a man and a woman"
@@ -128,23 +130,12 @@ class ParityReport:
             d["end_to_end"]["passed"] = self.end_to_end.passed
         d["passed"] = self.passed
         d["failures"] = self.failures
-        return _finite(d)
+        return json_safe(d)
 
     def write(self, path: str | Path) -> Path:
         """Write the report as JSON, atomically (a reader never sees half a report)."""
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return Path(path)
-
-
-def _finite(value: Any) -> Any:
-    """NaN/Inf -> None, recursively: reports stay strict JSON whatever a broken graph produced."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ budget
@@ -175,7 +166,7 @@ def default_evaluator(model: DHumanDiff, analyzer: Any) -> Any:
     """The identity judge for quantised bundles: for tiny-world models the world's second encoder (another
     architecture and seed than the one the model was trained against, as ``dhumandiff eval`` uses); otherwise
     the face analyzer itself."""
-    from ..model.faces.base import get_face_analyzer
+    from ..model.faces import get_face_analyzer
     from ..model.faces.world import WorldIdentityEncoder
     from ..model.registry import ASSETS
 
@@ -190,7 +181,7 @@ FaceCrop = tuple[tuple[int, int, int, int], Any]
 def face_crops(analyzer: Any, image: np.ndarray, boxes: np.ndarray) -> list[FaceCrop]:
     """Where each person's face is in ``image``: ``(person box in pixels, face inside it)``; the analyzer's
     largest detection inside the box, else the whole box."""
-    from ..model.faces.base import Face
+    from ..contract.faces.base import Face
 
     h, w = image.shape[:2]
     out = []
@@ -206,7 +197,7 @@ def face_crops(analyzer: Any, image: np.ndarray, boxes: np.ndarray) -> list[Face
 
 def crop_embedding(analyzer: Any, image: np.ndarray, crop: FaceCrop) -> np.ndarray:
     """The L2-normalised embedding of the face at ``crop`` (found in another image) in ``image``."""
-    from ..model.faces.base import l2_normalize
+    from ..contract.faces.base import l2_normalize
 
     (x0, y0, x1, y1), face = crop
     region = np.ascontiguousarray(image[y0:y1, x0:x1])
@@ -309,8 +300,8 @@ def world_faces(seed: int = 0) -> tuple[Any, Any, tuple[str, str]]:
 def _face_input(model: DHumanDiff, image: Any, identity: Any):
     """One person's reference conditioning from the runtime's own preprocessing of the same photo."""
     from ..model.face_inputs import FaceInput
-    from ..runtimes.faces import FaceCropper
-    from ..runtimes.imageio import preprocess_clip, preprocess_face, square_resize, to_rgb
+    from ..contract.faces.crop import FaceCropper
+    from ..contract.images import preprocess_clip, preprocess_face, square_resize, to_rgb
 
     cfg = model.config
     image = FaceCropper(identity)(image)  # the bundle's detector and crop, as the runtime applies them
@@ -337,7 +328,7 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
     """
     from ..model.generate import default_analyzer
     from ..model.sampler import ReferenceSampler
-    from ..runtimes.imageio import load_image
+    from ..contract.images import load_image
     from ..utils.prompt import person_positions
 
     if model.identity_encoder is None:
@@ -454,7 +445,7 @@ def run_parity(bundle_path: str | Path, model: DHumanDiff | str | Path | None = 
     (decompressed) weights, through the same NumPy sampler — the weights' fidelity, with float32 activations.
     """
     from ..runtimes.adapters import make_runner
-    from ..runtimes.manifest import load_manifest
+    from ..contract.bundle import load_manifest
 
     bundle = Path(bundle_path)
     manifest = load_manifest(bundle, runtime=runtime)

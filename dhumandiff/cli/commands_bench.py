@@ -33,30 +33,25 @@ def _command_line(scale: str, out: Path) -> str:
 
 
 def bench(
-    scale: str = typer.Option("tiny", "--scale", help="tiny (a model and its bundles, per component and end to "
-                                                      "end) or sd15 (sd15-size UNet with random weights, 512x512)."),
+    scale: str = typer.Option("tiny", "--scale", help="tiny: a model and its bundles, per component and end to end."),
     out: Path = typer.Option(Path("bench-results"), "--out", help="Folder for bench_SCALE.json / .md / .png."),
-    model: str = typer.Option(None, "--model", help="tiny scale: embedded model name or folder (default: tiny)."),
+    model: str = typer.Option(None, "--model", help="Embedded model name or folder (default: tiny)."),
     bundle: list[Path] = typer.Option(None, "--bundle", help="Also measure this bundle folder (repeatable; any "
                                                              "runtime or precision, e.g. quantised exports)."),
     runtimes: str = typer.Option(",".join(("onnx", "openvino", "torchscript")), "--runtimes",
-                                 help="tiny scale: runtimes to export and measure ('none' for only --bundle)."),
-    precisions: str = typer.Option("fp32,fp16", "--precisions", help="tiny scale: export precisions."),
+                                 help="Runtimes to export and measure ('none' for only --bundle)."),
+    precisions: str = typer.Option("fp32,fp16", "--precisions", help="Export precisions."),
     torch_precisions: str = typer.Option("fp32,bf16", "--torch-precisions",
-                                         help="tiny scale: torch rows (fp32 is the PSNR reference; 'none' to skip)."),
-    variants: str = typer.Option(None, "--variants", help="sd15 scale: variant keys or groups (unet, student, "
-                                                          "components); default all."),
+                                         help="Torch rows (fp32 is the PSNR reference; 'none' to skip)."),
     cache: Path = typer.Option(None, "--cache", help="Exports reused between runs (default "
-                                                     "~/.cache/dhumandiff/bench; sd15 needs ~8 GB)."),
+                                                     "~/.cache/dhumandiff/bench)."),
     warmup: int = typer.Option(1, "--warmup", help="Unmeasured calls before timing."),
     repeats: int = typer.Option(5, "--repeats", help="Timed calls (median, min, max are reported)."),
-    e2e_repeats: int = typer.Option(None, "--e2e-repeats", help="tiny scale: timed images (default --repeats)."),
-    steps: int = typer.Option(None, "--steps", help="tiny scale: sampling steps per image (default: the bundle's)."),
+    e2e_repeats: int = typer.Option(None, "--e2e-repeats", help="Timed images (default --repeats)."),
+    steps: int = typer.Option(None, "--steps", help="Sampling steps per image (default: the bundle's)."),
     threads: int = typer.Option(None, "--threads", help="Threads per runtime (default: all cores)."),
-    calibration_samples: int = typer.Option(8, "--calibration-samples", help="sd15 scale: NNCF PTQ inputs."),
     no_peaks: bool = typer.Option(False, "--no-peaks", help="Skip the matmul peak measurement."),
-    no_profile: bool = typer.Option(False, "--no-profile", help="sd15 scale: skip the per-op profiles."),
-    no_ov_bf16: bool = typer.Option(False, "--no-ov-bf16", help="tiny scale: skip OpenVINO fp32 bundles at bf16."),
+    no_ov_bf16: bool = typer.Option(False, "--no-ov-bf16", help="Skip OpenVINO fp32 bundles at bf16."),
     timeout: float = typer.Option(3600.0, "--timeout", help="Seconds one variant may take."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace this scale's report in --out."),
 ) -> None:
@@ -67,9 +62,7 @@ def bench(
         scale=scale, out=out, model=model, bundles=[str(b) for b in bundle or []], runtimes=_csv(runtimes),
         precisions=_csv(precisions), torch_precisions=_csv(torch_precisions), ov_bf16=not no_ov_bf16, cache=cache,
         warmup=warmup, repeats=repeats, e2e_repeats=e2e_repeats, steps=steps, threads=threads,
-        peaks=not no_peaks, profile=not no_profile, timeout=timeout,
-        sd15_variants=_csv(variants) or None, calibration_samples=calibration_samples, overwrite=overwrite,
-        command=_command_line(scale, out))
+        peaks=not no_peaks, timeout=timeout, overwrite=overwrite, command=_command_line(scale, out))
     paths = run_bench(settings, progress=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
     for kind, path in paths.items():
         console.print(f"wrote {path}")

@@ -1,7 +1,6 @@
 """``dhumandiff calibrate MODEL --data DIR --out CALIB``: the calibration set quantised exports are fitted on.
 
-Also the ``--quantize`` options ``dhumandiff export`` shares (:func:`quantize_options`), so the export commands
-stay a few lines. Heavy imports happen inside the commands.
+Heavy imports happen inside the command; the options it shares with ``dhumandiff export`` live in ``options.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +10,7 @@ from pathlib import Path
 import typer
 
 from .console import console, progress_bar
-
-QUANTIZE_HELP = ("Quantised variant: onnx int8-static|int8-dynamic; openvino int8-weights|int4-weights|int8-hybrid|"
-                 "int8; coreml palettize-8|palettize-6|palettize-4|linear-int8|mixed-bit. The bundle records its "
-                 "fidelity budget; `dhumandiff parity` holds it to it.")
-CALIBRATION_HELP = "Calibration folder from `dhumandiff calibrate` (activation ranges + layer sensitivity)."
+from .options import SAMPLER_HELP, source_name
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +24,7 @@ def calibrate(
     count: int = typer.Option(4, "--count", help="Records to generate from (each: every sampler step)."),
     seed: int = typer.Option(0, "--seed", help="Picks the records and seeds their noise (same seed, same set)."),
     steps: int = typer.Option(None, "--steps", help="Sampler steps (default: the model's, i.e. the bundle's)."),
-    sampler: str = typer.Option(None, "--sampler", help="ddim, euler, lcm or tcd (default: the model's)."),
+    sampler: str = typer.Option(None, "--sampler", help=SAMPLER_HELP),
     split: str = typer.Option(None, "--split", help="Only records of this split (train, heldout)."),
     sensitivity: bool = typer.Option(True, "--sensitivity/--no-sensitivity",
                                      help="Also rank UNet layers by sensitivity (sensitivity.json)."),
@@ -45,7 +40,6 @@ def calibrate(
     from ..calibration.sensitivity import DEFAULT_THRESHOLD_DB, analyze_sensitivity
     from ..calibration.store import CalibrationSet
     from ..model.generate import load_model
-    from .commands_export import _source_name
 
     widths = [int(b) for b in bits.split(",") if b.strip()]
     m = load_model(model)
@@ -56,7 +50,7 @@ def calibrate(
                                        layers=layers or None, progress=lambda i, n, info: update(i, n, info))
 
         path = record_calibration(m, data, out, CalibrationConfig(count, seed, steps, sampler, None, split),
-                                  model_name=_source_name(model), overwrite=overwrite,
+                                  model_name=source_name(model), overwrite=overwrite,
                                   progress=lambda i, n, info: update(i, n, info),
                                   sensitivity=analyse if sensitivity else None)
     calib = CalibrationSet.load(path)
@@ -81,21 +75,3 @@ def _print_sensitivity(report: dict, top: int = 8) -> None:
         table.add_row(layer["name"], *[f"{layer['psnr_db'][b]:.1f}" for b in bits],
                       f"{layer['int8_weights_psnr_db']:.1f}", f"{layer['int8_psnr_db']:.1f}")
     console.print(table)
-
-
-def quantize_options(mode: str | None, calibration: Path | None, *, batch: Path | None = None,
-                     keep_float: int | None = None, exclude: list[str] | None = None, group_size: int = 64,
-                     ratio: float = 1.0, symmetric: bool = False, avg_bits: float = 6.0,
-                     components: str | None = None):
-    """The export commands' ``--quantize`` flags as :class:`~dhumandiff.export.quantize_modes.QuantizeOptions`."""
-    if mode is not None and batch is not None:
-        raise typer.BadParameter("--quantize exports one MODEL; it does not combine with --batch")
-    if mode is None:
-        if calibration is not None:
-            raise typer.BadParameter("--calibration is used with --quantize MODE")
-        return None
-    from ..export.quantize_modes import QuantizeOptions
-
-    return QuantizeOptions(mode, calibration=calibration, keep_float=keep_float, exclude=tuple(exclude or ()),
-                           group_size=group_size, ratio=ratio, symmetric=symmetric, avg_bits=avg_bits,
-                           components=tuple(c for c in components.split(",") if c) if components else None)

@@ -11,8 +11,8 @@ from typing import Callable
 
 import typer
 
-from .commands_calibrate import CALIBRATION_HELP, QUANTIZE_HELP, quantize_options
 from .console import console, progress_bar
+from .options import CALIBRATION_HELP, QUANTIZE_HELP, quantize_options, source_name
 
 export_app = typer.Typer(no_args_is_help=True,
                          help="Export a model as a bundle (graphs + tokenizer + bundle.json) for one runtime.")
@@ -36,17 +36,6 @@ def register(app: typer.Typer) -> None:
     app.command("parity")(parity)
 
 
-def _source_name(model: str | None) -> str:
-    """What bundle.json records as ``source_model``: the embedded name (an alias as given: it carries settings,
-    e.g. ``tiny-fast``'s decoder), or the folder's absolute path."""
-    from ..model.registry import ALIASES, ASSETS, resolve_model
-
-    path = resolve_model(model)
-    if model in ALIASES:
-        return model
-    return path.name if path.parent == ASSETS else str(path.resolve())
-
-
 def _export_command(runtime: str) -> Callable[..., None]:
     if runtime == "coreml":
         return _coreml_command()
@@ -65,9 +54,11 @@ def _export_command(runtime: str) -> Callable[..., None]:
                                                                   "(default: those under the analysis threshold)."),
         group_size: int = typer.Option(64, "--group-size", help="int4-weights: weights per scale."),
         symmetric: bool = typer.Option(False, "--symmetric", help="openvino int8/int4 weights: symmetric (SYM)."),
+        int8_kernel: str = typer.Option("auto", "--int8-kernel", help="onnx int8: u8s8 (fast and exact with "
+                                        "VNNI), u8u8 (exact on every CPU) or auto (chosen by this CPU)."),
     ) -> None:
         q = quantize_options(quantize, calibration, batch=batch, keep_float=keep_float, group_size=group_size,
-                             symmetric=symmetric)
+                             symmetric=symmetric, int8_kernel=int8_kernel)
         if batch is not None:
             return _export_batch(runtime, model, batch, out, precision, dynamic, overwrite)
         _export(runtime, model, out, precision, dynamic, overwrite, quantization=q)
@@ -118,7 +109,7 @@ def _export_model(runtime: str, model: str, out: Path, precision: str, dynamic: 
     from ..export.bundle import export_bundle
     from ..model.generate import load_model
 
-    source = _source_name(model)
+    source = source_name(model)
     m = load_model(model)
     return export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=progress,
                          source_model=source, quantization=quantization)
@@ -169,7 +160,7 @@ def parity(
     faces = (face_a, face_b) if face_a is not None else None
     analyzer = None
     if face_analyzer is not None or face_root is not None:
-        from ..model.faces.base import get_face_analyzer
+        from ..model.faces import get_face_analyzer
 
         kw = {"root": str(face_root)} if face_root is not None else {}
         analyzer = get_face_analyzer(face_analyzer or "insightface", **kw)

@@ -176,7 +176,7 @@ def evaluate(
 ) -> None:
     """Identity similarity, swap rate, prompt adherence, FID-style distance and cost, per model and mode."""
     from ..checks.evaluate import EvalSetting, evaluate as run_eval
-    from ..model.faces.base import get_face_analyzer
+    from ..model.faces import get_face_analyzer
     from ..model.generate import load_model
     from ..model.registry import ASSETS
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from .console import console, progress_bar
+from .options import RUNTIME_HELP, SAMPLER_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +24,7 @@ def generate(
     out: Path = typer.Option(Path("portrait.png"), "--out", help="Output image (PNG/JPEG), written atomically."),
     model: str = typer.Option(None, "--model", help="Embedded model name (default: tiny) or model folder."),
     bundle: Path = typer.Option(None, "--bundle", help="Run an exported bundle instead of the PyTorch model."),
-    runtime: str = typer.Option(None, "--runtime", help="Bundle runtime (default: the bundle's own)."),
+    runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps, gpu, npu (runtime dependent)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Same seed -> the same image."),
@@ -34,9 +35,10 @@ def generate(
     face_index_a: int = typer.Option(None, "--face-index-a", "--face-index", help="Pick a face when photo a shows several (0 = largest)."),
     face_index_b: int = typer.Option(None, "--face-index-b", help="Pick a face when photo b shows several (0 = largest)."),
     person_words: str = typer.Option(None, "--person-words", help="The two words naming the people, e.g. 'bride,groom'."),
-    sampler: str = typer.Option(None, "--sampler", help="ddim, euler, lcm or tcd (default: the model's)."),
+    sampler: str = typer.Option(None, "--sampler", help=SAMPLER_HELP),
     vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 (fixes an fp16 VAE overflow) or fp16 (PyTorch model only)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Bundles: hold one graph in memory at a time (peak = the largest graph; slower)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (never an input photo)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
     from ..errors import PromptError, SettingsError
@@ -46,7 +48,7 @@ def generate(
     words = tuple(w.strip() for w in person_words.split(",")) if person_words else None
     if words is not None and len(words) != 2:
         raise PromptError("--person-words needs exactly two comma-separated words, e.g. 'man,woman'")
-    check_output_path(out)
+    check_output_path(out, overwrite=overwrite, inputs=(face_a, face_b))
     vae_precision = check_vae_precision(vae_precision)
     t0 = time.time()
     if low_memory and bundle is None:
@@ -85,15 +87,22 @@ def doctor() -> None:
     from rich.table import Table
 
     from ..runtimes import available_runtimes
+    from ..utils.cpu import cpu_features
 
     table = Table(title="dhumandiff runtimes")
     for col in ("runtime", "installed", "devices", "providers / notes"):
         table.add_column(col)
     for info in available_runtimes():
         table.add_row(info.name, "yes" if info.installed else "no", ", ".join(info.devices) or "-",
-                      ", ".join(info.providers) or (info.note if hasattr(info, "note") else "") or "-")
+                      ", ".join(info.providers) or "-")
     console.print(table)
-
+    cpu = cpu_features()
+    console.print(f"CPU: {cpu.model} ({cpu.cores} cores): {cpu.summary()} [{', '.join(cpu.flags) or 'no flags read'}]",
+                  highlight=False, markup=False)
+    int8 = ("VNNI dot products (u8 x s8 exact and fast)" if cpu.vnni else
+            "no VNNI: ONNX int8 bundles made here store u8 weights (exact); int8 may run slower than fp32")
+    bf16 = "native" if cpu.bf16 else "not native (bf16 is emulated in torch; OpenVINO runs bf16 bundles in f32)"
+    console.print(f"  int8: {int8}; bf16: {bf16}", highlight=False, markup=False)
 
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle folder (or its bundle.json) to check."),

@@ -7,12 +7,14 @@ proxy that adds TLS and access control). ``--port 0`` picks a free port; the fir
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
 import typer
 
 from .console import console, err_console
+from .options import RUNTIME_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +31,7 @@ def serve(
     keep_dir: Path = typer.Option(None, "--keep-dir", help="Keep each request's photos, portrait and settings "
                                                              "here (default: nothing is kept)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the bundle's)."),
-    runtime: str = typer.Option(None, "--runtime", help="Bundle runtime (default: the bundle's own)."),
+    runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, gpu, npu (runtime dependent)."),
     threads: int = typer.Option(None, "--threads", help="Runtime intra-op threads (default: the runtime's)."),
     title: str = typer.Option("dhumandiff kiosk", "--title", help="Page title."),
@@ -51,8 +53,14 @@ def serve(
                      (steps is None or steps >= 1, f"--steps must be 1 or more (got {steps})")):
         if not ok:
             raise DHumanDiffError(what)
-    if keep_dir is not None:
-        keep_dir.mkdir(parents=True, exist_ok=True)
+    if keep_dir is not None:  # refused at start-up, not discovered guest by guest
+        try:
+            keep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DHumanDiffError(f"--keep-dir {keep_dir} cannot be created ({exc.strerror or exc}); choose a "
+                                  "writable folder") from None
+        if not os.access(keep_dir, os.W_OK | os.X_OK):
+            raise DHumanDiffError(f"--keep-dir {keep_dir} is not writable; choose a writable folder")
 
     settings = KioskSettings(queue=queue, max_upload_mb=max_upload_mb, max_pixels=max_pixels, keep_dir=keep_dir,
                              steps=steps, title=title)

@@ -1,4 +1,4 @@
-"""Typed schema of the real PairHuman annotation JSON (DESIGN.md section 1), strict where it matters.
+"""Typed schema of the real PairHuman annotation JSON (docs/design.md section 1), strict where it matters.
 
 Required fields (image size, caption text, people with boxes, keypoint shapes) are validated strictly and every
 failure raises :class:`~dhumandiff.errors.AnnotationError` naming the file and the field path, e.g.
@@ -225,7 +225,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _finite(ctx: _Ctx, path: str, v: Any, expected: str) -> float:
+def _finite_float(ctx: _Ctx, path: str, v: Any, expected: str) -> float:
     if not _is_number(v):
         raise ctx.fail(path, expected, v)
     try:
@@ -332,7 +332,7 @@ def _parse_box(ctx: _Ctx, path: str, v: Any) -> tuple[float, float, float, float
     expected = "4 numbers [x_min,y_min,x_max,y_max]"
     if not isinstance(v, list) or len(v) != 4 or not all(_is_number(x) for x in v):
         raise ctx.fail(path, expected, v)
-    x0, y0, x1, y1 = (_finite(ctx, path, x, expected + " (finite)") for x in v)
+    x0, y0, x1, y1 = (_finite_float(ctx, path, x, expected + " (finite)") for x in v)
     if not (x0 < x1 and y0 < y1):
         raise ctx.fail(path, "x_min < x_max and y_min < y_max", v)
     return (x0, y0, x1, y1)
@@ -352,7 +352,7 @@ def _parse_keypoints(ctx: _Ctx, path: str, v: Any) -> tuple[tuple[float, float, 
     for i, kp in enumerate(v):
         if not isinstance(kp, list) or len(kp) != 3:
             raise ctx.fail(f"{path}[{i}]", "[x, y, conf]", kp)
-        out.append(tuple(_finite(ctx, f"{path}[{i}]", x, "[x, y, conf] finite numbers") for x in kp))
+        out.append(tuple(_finite_float(ctx, f"{path}[{i}]", x, "[x, y, conf] finite numbers") for x in kp))
     return tuple(out)  # type: ignore[return-value]
 
 

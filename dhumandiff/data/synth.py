@@ -158,7 +158,7 @@ def synthesize(
     held_images = set(int(i) for i in order[:n_held_images])
     layout = DatasetLayout()
 
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, markers=(DATASET_FILE,)) as tmp:
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "generator": GENERATOR, "seed": int(seed),
                 "image_size": int(image_size), "count": int(count), "n_identities": int(n_ids),
                 "refs_per_identity": int(refs_per_identity), "heldout_fraction": float(heldout_fraction),

@@ -1,7 +1,7 @@
 """The procedural "tiny world": identities, their faces, and half-body scenes of two people.
 
 Everything here is pure NumPy + PIL and deterministic from a seed, so a synthetic PairHuman-format dataset can
-be rebuilt byte for byte. The world is designed to be *learnable on a CPU* (DESIGN.md section 6):
+be rebuilt byte for byte. The world is designed to be *learnable on a CPU* (docs/design.md section 6):
 
 - identity is carried by a few well-separated colours (skin, hair, eyes) and shapes (face shape, hair style,
   glasses, beard), exported as palette constants so an evaluator can read attributes back from pixels;
@@ -23,6 +23,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+# The colours a detector reads back from pixels live with the detector in the torch-free contract layer.
+from ..contract.faces.world_palette import (EYE_COLORS, EYE_RGB, EYE_WHITE_RGB, GLASSES_RGB, HAIR_COLORS, HAIR_RGB,
+                                            PUPIL_RGB, RGB, SKIN_RGB, SKIN_TONES)
+
 # --------------------------------------------------------------------------------------------------------------
 # Attribute vocabulary and palettes
 # --------------------------------------------------------------------------------------------------------------
@@ -30,10 +34,7 @@ from PIL import Image, ImageDraw
 GENDERS = ("male", "female")
 AGE_GROUPS = ("child", "young adult", "adult", "elderly")
 FACE_SHAPES = ("round", "oval", "square")
-SKIN_TONES = ("light", "medium", "tan", "dark")
-HAIR_COLORS = ("black", "brown", "blonde", "red", "grey")
 HAIR_STYLES = ("short", "long", "bun", "curly")
-EYE_COLORS = ("brown", "blue", "green")
 
 #: Every face attribute and its possible values (what an evaluator may try to read back from pixels).
 ATTRIBUTES: dict[str, tuple] = {
@@ -48,28 +49,6 @@ ATTRIBUTES: dict[str, tuple] = {
     "beard": (False, True),
 }
 
-RGB = tuple[int, int, int]
-
-# Palettes are chosen far apart in RGB (and from each other's neighbours: hair vs skin) so that a nearest-colour
-# classifier on a few pixels is reliable even after the VAE.
-SKIN_RGB: dict[str, RGB] = {
-    "light": (246, 210, 182),
-    "medium": (214, 160, 112),
-    "tan": (166, 110, 68),
-    "dark": (96, 60, 40),
-}
-HAIR_RGB: dict[str, RGB] = {
-    "black": (28, 24, 24),
-    "brown": (118, 68, 28),
-    "blonde": (236, 200, 92),
-    "red": (200, 62, 24),
-    "grey": (172, 172, 178),
-}
-EYE_RGB: dict[str, RGB] = {
-    "brown": (100, 54, 20),
-    "blue": (40, 110, 232),
-    "green": (36, 170, 70),
-}
 CLOTHES_COLORS = ("red", "blue", "green", "yellow", "white", "black", "purple")
 CLOTHES_RGB: dict[str, RGB] = {
     "red": (212, 38, 40),
@@ -81,9 +60,6 @@ CLOTHES_RGB: dict[str, RGB] = {
     "purple": (132, 58, 172),
 }
 CLOTHES_TYPES = ("shirt", "t-shirt", "dress", "suit")
-GLASSES_RGB: RGB = (18, 18, 22)
-EYE_WHITE_RGB: RGB = (250, 250, 250)
-PUPIL_RGB: RGB = (14, 14, 14)
 LIP_RGB: RGB = (196, 78, 82)
 FACE_BACKGROUND_RGB: RGB = (206, 208, 214)
 

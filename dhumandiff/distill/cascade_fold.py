@@ -14,7 +14,6 @@ the same for teacher and student and needs no training: matching the conditional
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -28,6 +27,7 @@ from ..model.sampler import ReferenceSampler, make_scheduler
 from ..training.tensors import TrainingTensors, empty_prompt_ids
 from ..utils.regions import region_mask
 from .conditions import batch_conditions
+from .loop import mean_of, optimise
 from .lora import add_lora, fuse_lora, has_lora
 
 
@@ -131,23 +131,9 @@ class CascadeFolder:
         cfg = self.cfg
         if self.cascade_masks is None:
             self.compute_masks()
-        t0 = time.time()
-        hist: list[float] = []
-        while self.step < cfg.steps:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 7919)
-            loss = self.loss(g)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            self.step += 1
-            hist.append(float(loss.detach()))
-            if progress is not None:
-                progress(self.step, cfg.steps, {"loss": hist[-1]})
-            if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
-                break
-        return {"steps": self.step, "first_loss": sum(hist[:20]) / max(1, len(hist[:20])),
-                "final_loss": sum(hist[-50:]) / max(1, len(hist[-50:])), "minutes": (time.time() - t0) / 60,
+        hist, minutes = optimise(self, progress)
+        return {"steps": self.step, "first_loss": mean_of(hist[:20]), "final_loss": mean_of(hist[-50:]),
+                "minutes": minutes,
                 "config": asdict(cfg)}
 
     def student_model(self) -> DHumanDiff:

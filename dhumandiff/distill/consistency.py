@@ -1,7 +1,7 @@
 """Few-step students by latent consistency distillation (LCM-style), with classifier-free guidance folded in.
 
 The student starts as a copy of the teacher's UNet and learns to map any point of a teacher ODE trajectory to its
-end point in one evaluation. Following the LCM recipe (DESIGN.md 5): a skipping-step DDIM teacher solver over 50
+end point in one evaluation. Following the LCM recipe (docs/design.md 5): a skipping-step DDIM teacher solver over 50
 timesteps (k = 1000/50), the teacher's two CFG branches combined with a fixed guidance scale ``w`` (so the student
 runs at batch 1 with no CFG), LCM's boundary scalings ``c_skip``/``c_out`` (timestep scaling 10, sigma_data 0.5), a
 pseudo-Huber loss (c = 0.001) and an EMA target network (decay 0.95). One trained student serves 1, 2 and 4 steps
@@ -11,7 +11,6 @@ through diffusers' ``LCMScheduler``, whose boundary scalings are the same formul
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -23,6 +22,7 @@ from ..training.objectives import identity_loss
 from ..training.tensors import TrainingTensors, empty_prompt_ids
 from ..utils.regions import region_mask
 from .conditions import batch_conditions
+from .loop import mean_of, optimise
 from .lora import add_lora, fuse_lora, has_lora, save_lora
 
 
@@ -177,26 +177,14 @@ class ConsistencyDistiller:
     @torch.enable_grad()
     def train(self, progress: Callable[[int, int, dict], None] | None = None) -> dict:
         cfg = self.cfg
-        t0 = time.time()
-        hist: list[float] = []
-        while self.step < cfg.steps:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 7919)
-            loss = self.loss(g)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            with torch.no_grad():
-                for pt, ps in self._ema_pairs:
-                    pt.mul_(cfg.ema_decay).add_(ps.detach(), alpha=1 - cfg.ema_decay)
-            self.step += 1
-            hist.append(float(loss.detach()))
-            if progress is not None:
-                progress(self.step, cfg.steps, {"loss": hist[-1]})
-            if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
-                break
-        return {"steps": self.step, "final_loss": sum(hist[-50:]) / max(1, len(hist[-50:])),
-                "minutes": (time.time() - t0) / 60, "config": asdict(cfg)}
+
+        @torch.no_grad()
+        def ema() -> None:
+            for pt, ps in self._ema_pairs:
+                pt.mul_(cfg.ema_decay).add_(ps.detach(), alpha=1 - cfg.ema_decay)
+
+        hist, minutes = optimise(self, progress, after_step=ema)
+        return {"steps": self.step, "final_loss": mean_of(hist[-50:]), "minutes": minutes, "config": asdict(cfg)}
 
     def student_model(self) -> DHumanDiff:
         """The teacher's model folder contents with the student's UNet (the target/EMA network) swapped in.

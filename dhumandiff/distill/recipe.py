@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..model.dhumandiff_model import DHumanDiff
-from ..model.faces.base import get_face_analyzer
+from ..model.faces import get_face_analyzer
 from ..training.tensors import encode_latents, load_training_tensors
 from ..utils.atomic import write_text_atomic
 from .cascade_fold import CascadeFoldConfig, CascadeFolder

@@ -11,9 +11,9 @@ stage); the bundle format is the only contract between the two. Submodules are i
 
 from __future__ import annotations
 
-from typing import Any
+from ..utils.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "export_bundle": "dhumandiff.export.bundle",
     "export_component": "dhumandiff.export.bundle",
     "RUNTIMES": "dhumandiff.export.bundle",
@@ -21,14 +21,4 @@ _EXPORTS = {
     "components_for": "dhumandiff.export.specs",
     "get_spec": "dhumandiff.export.specs",
     "Tolerance": "dhumandiff.export.validate",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dhumandiff.export' has no attribute {name!r}")
+})

@@ -8,16 +8,13 @@ functions, ``export(job) -> files`` and ``run(root, files, inputs, output_names)
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
-
-from ..utils.atomic import sha256_file
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64", torch.int32: "int32"}
 
@@ -68,22 +65,3 @@ def tensor_entry(t: torch.Tensor | np.ndarray, axes: Mapping[int, str] | None = 
     else:
         dtype = str(np.asarray(t).dtype)
     return {"shape": shape, "dtype": dtype}
-
-
-def digests(root: Path, files: list[str]) -> dict[str, str]:
-    """sha256 of each bundle-relative file; a folder (a Core ML ``.mlpackage``) contributes each file inside.
-
-    The same rule the bundle reader applies (``runtimes/manifest.py``), restated here because the export stage
-    must not import the runtimes stage.
-    """
-    out: dict[str, str] = {}
-    for rel in files:
-        path = root / rel
-        if path.is_dir():
-            for dirpath, _dirs, names in os.walk(path):
-                for n in sorted(names):
-                    f = Path(dirpath) / n
-                    out[f.relative_to(root).as_posix()] = sha256_file(f)
-        else:
-            out[PurePosixPath(rel).as_posix()] = sha256_file(path)
-    return dict(sorted(out.items()))

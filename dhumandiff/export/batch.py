@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..contract.bundle import MANIFEST_NAME as MANIFEST
 from ..errors import DHumanDiffError
 from ..utils.atomic import sha256_file, write_text_atomic
 
 RECORD_KEY = "batch_source"
 SIDECAR = "batch_source.json"
-MANIFEST = "bundle.json"
 STATUSES = ("converted", "skipped", "failed")
 
 #: ``job(item, progress) -> output folder``; ``progress(done, total, info)`` as ``export_bundle`` calls it.

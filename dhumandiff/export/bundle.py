@@ -1,6 +1,6 @@
 """``export_bundle``: every component of a model -> one self-describing bundle folder for one runtime.
 
-The loop is generic (STYLE.md, optimum's exporters): for each :class:`~.specs.ComponentSpec` it builds the
+The loop is generic, as in optimum's exporters: for each :class:`~.specs.ComponentSpec` it builds the
 wrapper, fabricates seeded example inputs, runs torch fp32 once for the reference, hands a :class:`GraphJob` to
 the runtime's exporter, runs the written file back and compares. A graph that misses its tolerance stops the
 export with :class:`ParityError` (Apple's ml-stable-diffusion rule: every conversion proves itself; optimum
@@ -10,12 +10,9 @@ Everything happens inside :func:`~dhumandiff.utils.atomic.atomic_dir`: an interr
 only a hidden ``.NAME.partial-*`` sibling (removed on a clean failure), never a folder that looks complete, and a
 failed ``--overwrite`` leaves the previous bundle untouched.
 
-Core ML is delegated to ``export/coreml_export.py`` (owned by the Core ML work), which must provide::
-
-    export_coreml_components(model, specs, out_dir, *, precision, dynamic, progress) -> list[ExportedComponent]
-
-writing its ``.mlpackage`` folders into ``out_dir`` (names from the specs); this module adds the tokenizer and
-the manifest around them.
+Core ML goes through ``export/coreml_export.py`` (``export_coreml_components``: tracing, conversion and the
+UNet chunking are its own), which writes its ``.mlpackage`` folders into the same atomic folder; this module adds
+the tokenizer and the manifest around them.
 """
 
 from __future__ import annotations
@@ -26,21 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 import torch
 
-from ..errors import DHumanDiffError, ParityError, RuntimeUnavailableError
+from ..errors import DHumanDiffError, ParityError
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.atomic import atomic_dir, sha256_file
 from . import manifest as manifest_io
-from .artifacts import ExportedComponent, GraphJob, digests, tensor_entry
-from .specs import PRECISIONS, REQUIRED_COMPONENTS, ComponentSpec, components_for, unet_batch
+from ..contract.bundle import MANIFEST_NAME, REQUIRED_COMPONENTS, component_digests
+from ..contract.registry import RUNTIMES
+from .artifacts import ExportedComponent, GraphJob, tensor_entry
+from .reference import torch_outputs  # re-exported: checks.parity reads it from here
+from .specs import PRECISIONS, ComponentSpec, components_for, unet_batch
 from .validate import compare_outputs, worst
 
 if TYPE_CHECKING:
     from .quantize_modes import QuantizeOptions
 
-RUNTIMES = ("onnx", "openvino", "coreml", "torchscript")
 #: Exporter module per runtime: each provides ``export(job) -> files`` and ``run(root, files, inputs, outputs)``.
 EXPORTERS = {"onnx": "dhumandiff.export.onnx_export", "openvino": "dhumandiff.export.openvino_export",
              "torchscript": "dhumandiff.export.torchscript_export"}
@@ -63,17 +61,6 @@ def exporter(runtime: str):
     if runtime not in EXPORTERS:
         raise DHumanDiffError(f"no graph exporter for runtime {runtime!r}; choose one of {', '.join(EXPORTERS)}")
     return importlib.import_module(EXPORTERS[runtime])
-
-
-@torch.no_grad()
-def torch_outputs(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, torch.Tensor],
-                  ) -> dict[str, np.ndarray]:
-    """The torch fp32 reference: the wrapper run on ``example``, outputs named by the spec."""
-    value = module(*example.values())
-    values = value if isinstance(value, (tuple, list)) else (value,)
-    if len(values) != len(spec.outputs):
-        raise DHumanDiffError(f"{spec.name} wrapper returned {len(values)} outputs, its spec names {len(spec.outputs)}")
-    return {name: v.detach().float().cpu().numpy() for name, v in zip(spec.outputs, values)}
 
 
 @torch.no_grad()
@@ -107,23 +94,18 @@ def export_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, opti
         name=spec.name, file=files[0], extra_files=files[1:],
         inputs={n: tensor_entry(example[n], axes.get(n)) for n in names},
         outputs={n: tensor_entry(reference[n], axes.get(n)) for n in spec.outputs},
-        precision=precision, validation=validation, sha256=digests(out_dir, files))
+        precision=precision, validation=validation, sha256=component_digests(out_dir, files))
 
 
 def _coreml_components(model: DHumanDiff, specs: Sequence[ComponentSpec], out_dir: Path, options: ExportOptions,
                        progress: Progress | None) -> list[ExportedComponent]:
-    try:
-        module = importlib.import_module("dhumandiff.export.coreml_export")
-    except ModuleNotFoundError as exc:
-        if exc.name != "dhumandiff.export.coreml_export":
-            raise
-        raise RuntimeUnavailableError("Core ML export is not available in this dhumandiff version yet; export for "
-                                      "onnx, openvino or torchscript") from None
-    comps = module.export_coreml_components(model, list(specs), out_dir, precision=options.precision,
-                                            dynamic=options.dynamic, progress=progress)
+    from .coreml_export import export_coreml_components  # imported on use, like the other exporters
+
+    comps = export_coreml_components(model, list(specs), out_dir, precision=options.precision,
+                                     dynamic=options.dynamic, progress=progress)
     for comp in comps:
         if not comp.sha256:
-            comp.sha256 = digests(out_dir, [comp.file, *comp.extra_files])
+            comp.sha256 = component_digests(out_dir, [comp.file, *comp.extra_files])
     return comps
 
 
@@ -176,7 +158,7 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
     if missing:
         raise DHumanDiffError(f"a bundle needs the component(s) {', '.join(missing)}; add their specs")
     model.eval()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, markers=(MANIFEST_NAME,)) as tmp:
         total = len(specs) + 1
         if runtime == "coreml":
             components = _coreml_components(model, specs, tmp, options, progress)

@@ -49,7 +49,8 @@ from torch import nn
 
 from ..errors import DHumanDiffError, ParityError, RuntimeUnavailableError
 from ..model.dhumandiff_model import DHumanDiff
-from .artifacts import ExportedComponent, digests, tensor_entry
+from ..contract.bundle import component_digests
+from .artifacts import ExportedComponent, tensor_entry
 from .coreml_attention import ATTENTIONS, attention_implementation, check_attention
 from .coreml_chunk import DEFAULT_CHUNK_THRESHOLD, chunk_mlpackage, weight_file_bytes
 from .specs import ComponentSpec, unet_batch
@@ -518,7 +519,7 @@ def export_coreml_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Pat
               "compute_precision": "float16" if graph_precision == "fp16" else "float32",
               "weight_bytes": sum(weight_file_bytes(p) for p in files)}
     return CoreMLComponent(name=spec.name, file=rel[0], extra_files=rel[1:], inputs=inputs, outputs=outputs,
-                           precision=graph_precision, validation=validation, sha256=digests(out_dir, rel),
+                           precision=graph_precision, validation=validation, sha256=component_digests(out_dir, rel),
                            chunks=chunk_info, coreml=coreml)
 
 

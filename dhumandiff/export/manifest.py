@@ -1,7 +1,8 @@
 """``bundle.json`` as the exporter writes it: plain JSON built from the model's config and the written graphs.
 
-The reader lives in ``dhumandiff.runtimes.manifest``; the export stage must not import it (runtimes is a later
-stage), so this module writes the same contract as plain data and the tests check that the reader accepts it.
+The format (name, version, component I/O, digests) is :mod:`dhumandiff.contract.bundle`'s, the module the
+runtimes read it with; this module gathers the values from the model and writes through the contract's writer,
+which refuses anything its reader would refuse.
 Everything a torch-free runtime needs to reproduce the reference sampler is here: image and latent geometry,
 the resolved scheduler config, tokenizer ids, identity preprocessing constants, sampling defaults and the
 fidelity budget that ``dhumandiff parity`` checks.
@@ -16,15 +17,13 @@ from typing import Any, Mapping
 import torch
 
 from .. import __version__
+from ..contract.bundle import FORMAT, FORMAT_VERSION, write_manifest
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.sampler import make_scheduler
 from .artifacts import ExportedComponent
 from .specs import DEFAULT_TOLERANCES, END_TO_END_BUDGETS, unet_batch
 from .validate import Tolerance
 
-FORMAT = "dhumandiff-bundle"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "bundle.json"
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
 TOKENIZER_2_FILE = "tokenizer_2/tokenizer.json"
 #: The identity encoder's input normalisation, ``(RGB 0..255 - mean) / std`` (ArcFace's convention).
@@ -139,8 +138,7 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
 
 
 def write(root: Path, manifest: Mapping[str, Any]) -> Path:
-    """Write ``bundle.json`` (inside the export's temporary folder: the folder rename is the atomic step)."""
-    path = root / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Validate and write ``bundle.json`` (inside the export's temporary folder: the folder rename is the atomic
+    step); a manifest the bundle reader would refuse is never written."""
+    return write_manifest(root, manifest)
 

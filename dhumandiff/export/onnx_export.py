@@ -1,6 +1,6 @@
 """ONNX graphs: TorchScript-based ``torch.onnx.export`` (opset 17), fp16 by conversion, checked by onnx.
 
-Why these choices (DESIGN.md 5): ``dynamo=False`` at opset 17 exports every DHumanDiff component (the dual
+Why these choices (docs/design.md 5): ``dynamo=False`` at opset 17 exports every DHumanDiff component (the dual
 attention processors and the one-hot subject fusion included) and runs everywhere onnxruntime 1.1x+ does.
 Graphs whose weights pass 2 GB (an sd15/xl UNet, the xl text encoder 2) store them in one external file
 ``{name}.onnx.data`` beside ``{name}.onnx``, the layout onnxruntime and OpenVINO both read.

@@ -8,7 +8,7 @@ spec's dynamic axes).
 Precision: an fp32 IR keeps fp32 weights (``compress_to_fp16=False``); an fp16 IR stores fp16 weights that
 OpenVINO decompresses on load (``compress_to_fp16=True``); compute precision is the runtime's choice
 (``INFERENCE_PRECISION_HINT``). Validation here always compiles with ``f32``: this CPU would otherwise run bf16
-(DESIGN.md 5) and the comparison would measure bf16, not the export.
+(docs/design.md 5) and the comparison would measure bf16, not the export.
 """
 
 from __future__ import annotations

@@ -5,9 +5,17 @@ pairs around float ops: every onnxruntime build and execution provider reads it,
 ONNX graph), per-channel symmetric int8 weights, uint8 activations whose ranges come from the recorded inputs
 (a :class:`~onnxruntime.quantization.CalibrationDataReader` over the calibration set, MinMax).
 
+Which int8 operand types (``int8_kernel``): u8 activations x s8 weights is onnxruntime's fast path on CPUs with
+VNNI (or AMX), where its products are exact. Without VNNI (AVX2-only CPUs) onnxruntime multiplies u8 x s8 with
+``vpmaddubsw``, whose int16 sums saturate: the tiny default's static int8 UNet then falls below its own PSNR
+budget. There the weights are stored u8 too (u8 x u8 is widened to 16 bits before it is multiplied: exact on
+every CPU), as onnxruntime's quantisation guide advises. ``auto`` picks by the exporting CPU
+(:mod:`dhumandiff.utils.cpu`); the choice and the CPU's features are recorded in ``bundle.json``, and a runtime
+warns when a u8 x s8 bundle runs on a CPU without VNNI.
+
 ``int8-dynamic``: :func:`onnxruntime.quantization.quantize_dynamic`: int8 weights, activation scales computed
 per call, nothing to calibrate. Only MatMul/Gemm: onnxruntime's ConvInteger is slower than float Conv on CPU
-(DESIGN.md 5), so convolutions stay float.
+(docs/design.md 5), so convolutions stay float.
 
 Which nodes: weight-bearing Conv/MatMul/Gemm only. MatMuls between two activations (attention scores and
 their softmax-weighted sum) stay float: they hold no weights to shrink, and softmax probabilities lose most in
@@ -23,15 +31,16 @@ import hashlib
 import logging
 import shutil
 import warnings
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..utils.cpu import cpu_features
 from . import onnx_export
 from .quantize_modes import QuantJob
 
+INT8_KERNELS = ("u8s8", "u8u8")
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 STATIC_OPS = ("Conv", "MatMul", "Gemm")
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -118,6 +127,17 @@ def layer_nodes(model, layers: Mapping[str, torch.nn.Module]) -> dict[str, list[
     return found
 
 
+def int8_kernel(choice: str = "auto") -> str:
+    """``u8s8`` or ``u8u8`` for a requested kernel (``auto``: what is exact and fast on this CPU)."""
+    from ..errors import DHumanDiffError
+
+    if choice == "auto":
+        return cpu_features().int8_kernel
+    if choice not in INT8_KERNELS:
+        raise DHumanDiffError(f"--int8-kernel {choice!r} is not one of auto, {', '.join(INT8_KERNELS)}")
+    return choice
+
+
 def quantize(job: QuantJob) -> list[str]:
     """Replace ``job``'s float ONNX graph in the bundle folder by its int8 version; returns the new files."""
     import onnx
@@ -125,6 +145,7 @@ def quantize(job: QuantJob) -> list[str]:
 
     from ..errors import DHumanDiffError
 
+    kernel = int8_kernel(job.options.int8_kernel)
     src = job.root / job.files[0]
     model = onnx.load(str(src))
     _, act_act = weighted_nodes(model)
@@ -146,13 +167,15 @@ def quantize(job: QuantJob) -> list[str]:
                     raise DHumanDiffError(f"{job.name}: the calibration set holds no inputs for this graph")
                 quantize_static(str(src), str(out), _reader(job.samples, inputs), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=list(STATIC_OPS), per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8 if kernel == "u8s8" else QuantType.QUInt8,
                                 nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
                                 use_external_data_format=large,
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             else:
                 quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=True,
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                 weight_type=QuantType.QInt8 if kernel == "u8s8" else QuantType.QUInt8,
+                                 nodes_to_exclude=excluded,
                                  use_external_data_format=large)
         quantized = onnx.load(str(out))
         for rel in job.files:
@@ -163,7 +186,7 @@ def quantize(job: QuantJob) -> list[str]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     onnx.checker.check_model(str(job.root / files[0]))
-    job.info.update({"quantized_ops": sum(op in QUANT_OPS for op in ops), "float_nodes_kept": len(excluded),
+    job.info.update({"int8_kernel": kernel, "quantized_ops": sum(op in QUANT_OPS for op in ops), "float_nodes_kept": len(excluded),
                      "excluded_layer_nodes": {n: by_layer[job.layer_paths[n]] for n in job.excluded_layers},
                      "calibration_samples": len(job.samples or []) if job.mode.activations else 0})
     return files

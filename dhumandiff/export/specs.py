@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..contract.bundle import component_io
 from ..errors import DHumanDiffError
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.regions import default_boxes, region_mask
@@ -26,8 +27,6 @@ from .wrappers import (FaceProjectionWrapper, IdentityEncoderWrapper, ImageEncod
                        TextEncoderWrapper, UNetWrapper, VaeDecoderWrapper)
 
 PRECISIONS = ("fp32", "fp16")
-#: Components every bundle must hold (the bundle reader refuses a bundle without any of them).
-REQUIRED_COMPONENTS = ("identity_encoder", "image_encoder", "face_projection", "text_encoder", "unet", "vae_decoder")
 
 #: Normalisations whose mean/variance reductions lose too much in fp16; they stay fp32 inside fp16 graphs
 #: (opset 17 exports LayerNorm as LayerNormalization and GroupNorm through InstanceNormalization).
@@ -210,13 +209,13 @@ def _vae_inputs(model: DHumanDiff, batch: int, gen: torch.Generator) -> Inputs:
     return {"latent_sample": _randn(gen, 1, int(model.vae.config.latent_channels), h, w)}
 
 
-def _unet_input_names(model: DHumanDiff) -> tuple[str, ...]:
-    base = ("sample", "timestep", "encoder_hidden_states", "ip_tokens", "region_mask", "ip_scale")
-    return base + (("text_embeds", "time_ids") if model.text_encoder_2 is not None else ())
+def _inputs(name: str) -> Callable[[DHumanDiff], tuple[str, ...]]:
+    """The contract's input names of component ``name`` for this model (the SDXL UNet takes two more)."""
+    return lambda model: component_io(name, sdxl=model.text_encoder_2 is not None)[0]
 
 
-def _fixed(*names: str) -> Callable[[DHumanDiff], tuple[str, ...]]:
-    return lambda model: names
+def _outputs(name: str) -> tuple[str, ...]:
+    return component_io(name)[1]
 
 
 _BATCH = {0: "batch"}
@@ -226,30 +225,30 @@ SPECS: dict[str, ComponentSpec] = {
     spec.name: spec for spec in (
         ComponentSpec(
             name="identity_encoder", build=lambda m: IdentityEncoderWrapper(m.identity_encoder),
-            inputs=_fixed("face"), outputs=("embedding",), dummy_inputs=_identity_inputs,
+            inputs=_inputs("identity_encoder"), outputs=_outputs("identity_encoder"), dummy_inputs=_identity_inputs,
             applies=lambda m: m.identity_encoder is not None),
         ComponentSpec(
-            name="image_encoder", build=ImageEncoderWrapper, inputs=_fixed("pixel_values"),
-            outputs=("image_embeds",), dummy_inputs=_image_inputs),
+            name="image_encoder", build=ImageEncoderWrapper, inputs=_inputs("image_encoder"),
+            outputs=_outputs("image_encoder"), dummy_inputs=_image_inputs),
         ComponentSpec(
-            name="face_projection", build=FaceProjectionWrapper, inputs=_fixed("image_embeds", "id_embedding"),
-            outputs=("ip_tokens", "face_token"), dummy_inputs=_face_projection_inputs),
+            name="face_projection", build=FaceProjectionWrapper, inputs=_inputs("face_projection"),
+            outputs=_outputs("face_projection"), dummy_inputs=_face_projection_inputs),
         ComponentSpec(
             name="text_encoder", build=TextEncoderWrapper,
-            inputs=_fixed("input_ids", "face_tokens", "subject_positions"), outputs=("prompt_embeds",),
+            inputs=_inputs("text_encoder"), outputs=_outputs("text_encoder"),
             dummy_inputs=_text_inputs),
         ComponentSpec(
-            name="text_encoder_2", build=TextEncoder2Wrapper, inputs=_fixed("input_ids"),
-            outputs=("prompt_embeds", "pooled_prompt_embeds"), dummy_inputs=_text2_inputs,
+            name="text_encoder_2", build=TextEncoder2Wrapper, inputs=_inputs("text_encoder_2"),
+            outputs=_outputs("text_encoder_2"), dummy_inputs=_text2_inputs,
             applies=lambda m: m.text_encoder_2 is not None),
         ComponentSpec(
-            name="unet", build=UNetWrapper, inputs=_unet_input_names, outputs=("noise_pred",),
+            name="unet", build=UNetWrapper, inputs=_inputs("unet"), outputs=_outputs("unet"),
             dummy_inputs=_unet_inputs,
             dynamic_axes={"sample": _SPATIAL, "timestep": _BATCH, "encoder_hidden_states": _BATCH,
                           "ip_tokens": _BATCH, "region_mask": _SPATIAL, "text_embeds": _BATCH,
                           "time_ids": _BATCH, "noise_pred": _SPATIAL}),
         ComponentSpec(
-            name="vae_decoder", build=VaeDecoderWrapper, inputs=_fixed("latent_sample"), outputs=("sample",),
+            name="vae_decoder", build=VaeDecoderWrapper, inputs=_inputs("vae_decoder"), outputs=_outputs("vae_decoder"),
             dummy_inputs=_vae_inputs,
             dynamic_axes={"latent_sample": {2: "height", 3: "width"},
                           "sample": {2: "image_height", 3: "image_width"}},

@@ -15,8 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-#: PSNR of identical arrays is infinite; reports cap it so they stay plain JSON.
-PSNR_CAP_DB = 200.0
+from ..contract.metrics import cosine, psnr_db  # the one definition (bench and benchmarks import it from here)
 
 
 @dataclass(frozen=True)
@@ -54,31 +53,6 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def psnr_db(reference: np.ndarray, test: np.ndarray, peak: float | None = None) -> float:
-    """``20 log10(peak / rmse)``; ``peak`` defaults to the reference's value range (Apple's per-tensor PSNR)."""
-    ref = np.asarray(reference, np.float64)
-    diff = np.asarray(test, np.float64) - ref
-    rmse = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
-    if peak is None:
-        peak = float(ref.max() - ref.min()) if ref.size else 0.0
-        peak = peak if peak > 0 else max(float(np.abs(ref).max(initial=0.0)), 1.0)
-    if rmse == 0.0:
-        return PSNR_CAP_DB
-    return float(min(20.0 * math.log10(peak / rmse), PSNR_CAP_DB))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two arrays seen as flat vectors (1.0 when both are all zeros)."""
-    x = np.asarray(a, np.float64).ravel()
-    y = np.asarray(b, np.float64).ravel()
-    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-    if nx == 0.0 and ny == 0.0:
-        return 1.0
-    if nx == 0.0 or ny == 0.0:
-        return 0.0
-    return float(np.dot(x, y) / (nx * ny))
 
 
 def compare(reference: np.ndarray, test: np.ndarray) -> Comparison:

@@ -193,7 +193,7 @@ class DHumanDiff(nn.Module):
         def wanted(name: str) -> bool:
             return only is None or name in only
 
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, overwrite=overwrite, markers=(CONFIG_NAME, "model_index.json")) as tmp:
             if wanted("unet"):
                 procs = dict(self.unet.attn_processors)
                 self.unet.set_attn_processor(AttnProcessor2_0())

@@ -3,7 +3,7 @@
 For people who live in diffusers: ``save_pretrained`` / ``from_pretrained`` with ``model_index.json`` and one
 folder per component, ``pipe.to(...)``, ``pipe.scheduler = ...``, and a ``__call__`` with the usual arguments
 returning an :class:`~diffusers.pipelines.pipeline_utils.ImagePipelineOutput`. The pipeline owns no maths
-(STYLE.md): it wires the components into a :class:`DHumanDiff` and calls :func:`generate_portrait`, so an image
+(one implementation of the sampler, not two): it wires the components into a :class:`DHumanDiff` and calls :func:`generate_portrait`, so an image
 is the one ``dhumandiff generate`` makes with the same seed, bit for bit.
 
 The saved folder is also a dhumandiff model folder (``dhumandiff.json``, ``ip_adapter/model.safetensors`` with

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .faces.base import FaceAnalyzer, square_crop
+from ..contract.faces.base import FaceAnalyzer, square_crop
 
 
 @dataclass

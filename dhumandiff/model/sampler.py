@@ -20,15 +20,18 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler
+import diffusers
+from diffusers import LCMScheduler, TCDScheduler
 
+from ..contract.schedulers import SAMPLERS
 from ..utils.numerics import check_finite
 from ..utils.regions import region_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput
 from .tiny_decoder import run_decoder
 
-SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}
+#: ``--sampler`` name -> the diffusers scheduler class, from the one sampler registry (the NumPy runtimes' twins).
+SCHEDULERS = {name: getattr(diffusers, class_name) for name, class_name in SAMPLERS.items()}
 #: TCD's gamma (diffusers' ``eta``): the share of each step re-noised; the runtimes' NumPy TCD uses the same.
 TCD_ETA = 0.3
 

@@ -19,9 +19,9 @@ _EXPORTS = {
     "available_runtimes": "dhumandiff.runtimes.generator",
     "describe": "dhumandiff.runtimes.generator",
     "RuntimeInfo": "dhumandiff.runtimes.adapters",
-    "load_manifest": "dhumandiff.runtimes.manifest",
-    "write_manifest": "dhumandiff.runtimes.manifest",
-    "Manifest": "dhumandiff.runtimes.manifest",
+    "load_manifest": "dhumandiff.contract.bundle",
+    "write_manifest": "dhumandiff.contract.bundle",
+    "Manifest": "dhumandiff.contract.bundle",
 }
 
 __all__ = sorted(_EXPORTS)

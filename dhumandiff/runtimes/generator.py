@@ -15,7 +15,7 @@ graphs. The loop is written so the PyTorch reference pipeline can reproduce it n
    scheduler step's noise (LCM/TCD), same recipe.
 5. each step: ``x_in = scheduler.scale_model_input(latents, t)`` repeated to the UNet batch; ``timestep`` = t as
    float32; CFG (batch 2, uncond first): ``eps = uncond + g * (cond - uncond)``; ``latents = scheduler.step``.
-6. ``vae_decoder(latents / scaling_factor)`` -> [-1, 1] -> uint8 (``imageio.postprocess``).
+6. ``vae_decoder(latents / scaling_factor)`` -> [-1, 1] -> uint8 (``contract.images.postprocess``).
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ import numpy as np
 from PIL import Image
 
 from dhumandiff.errors import PromptError, SettingsError
-from dhumandiff.runtimes import schedulers
+from dhumandiff.contract import schedulers
 from dhumandiff.runtimes.adapters import GraphRunner, RuntimeInfo, available_runtimes, make_runner
-from dhumandiff.runtimes.faces import FaceCropper
-from dhumandiff.runtimes.imageio import ImageLike, load_image, postprocess, preprocess_clip, preprocess_face
-from dhumandiff.runtimes.layout import Layout, automatic_layout, make_layout, parse_layout, region_mask
-from dhumandiff.runtimes.manifest import Manifest, load_manifest
+from dhumandiff.contract.faces.crop import FaceCropper
+from dhumandiff.contract.images import ImageLike, load_image, postprocess, preprocess_clip, preprocess_face
+from dhumandiff.contract.layout import LayoutLike, parse_layout, region_mask
+from dhumandiff.contract.bundle import Manifest, load_manifest
 from dhumandiff.runtimes.tokenizer import PromptTokenizer
+from dhumandiff.utils.cpu import cpu_features
 from dhumandiff.utils.numerics import check_vae_precision
 
 __all__ = ["BundleGenerator", "GenerationResult", "RuntimeInfo", "available_runtimes", "describe", "load_bundle"]
 
 ProgressFn = Callable[[int, int], None]
-LayoutLike = Layout | str | Sequence[Sequence[float]] | None
 
 
 @dataclass
@@ -129,15 +129,6 @@ class BundleGenerator:
 
     # ----------------------------------------------------------------------------------------- settings
 
-    def _layout(self, layout: LayoutLike) -> Layout:
-        if layout is None:
-            return automatic_layout()
-        if isinstance(layout, Layout):
-            return layout
-        if isinstance(layout, str):
-            return parse_layout(layout, image_size=self.manifest.image_size)
-        return make_layout(layout, image_size=self.manifest.image_size)
-
     def _scheduler(self, sampler: str | None, steps: int) -> schedulers.Scheduler:
         name = sampler or self.manifest.defaults.sampler
         try:
@@ -199,11 +190,11 @@ class BundleGenerator:
         positions = self.tokenizer.find_person_positions(
             prompt, tuple(person_words) if person_words is not None else None  # type: ignore[arg-type]
         )
-        lay = self._layout(layout)
+        lay = parse_layout(layout, image_size=m.image_size)
         mask = region_mask(lay, m.latent_size)
         sched = self._scheduler(sampler, int(steps))
-        img_a = self.cropper(load_image(face_a), face_index_a, _name(face_a, "face a"), "--face-index-a")
-        img_b = self.cropper(load_image(face_b), face_index_b, _name(face_b, "face b"), "--face-index-b")
+        img_a = self.cropper(load_image(face_a, "face a"), face_index_a, _name(face_a, "face a"), "--face-index-a")
+        img_b = self.cropper(load_image(face_b, "face b"), face_index_b, _name(face_b, "face b"), "--face-index-b")
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -322,6 +313,28 @@ def _name(source: ImageLike, default: str) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else default
 
 
+def warn_if_cpu_unfit(m: Manifest) -> str | None:
+    """Warn (and return the line) when a quantised bundle's int8 kernels are inexact on this CPU.
+
+    An ONNX int8 bundle exported on a CPU with VNNI stores s8 weights; onnxruntime multiplies u8 x s8 without
+    VNNI through saturating int16 sums, so the image drifts from the one its budget was measured on.
+    """
+    q = m.extra.get("quantization")
+    if m.runtime != "onnx" or not isinstance(q, dict) or cpu_features().vnni:
+        return None
+    graphs = q.get("graphs") if isinstance(q.get("graphs"), dict) else {}
+    kernels = {g.get("int8_kernel", "u8s8") for g in graphs.values() if isinstance(g, dict)}
+    if "u8s8" not in kernels:
+        return None
+    made_on = (q.get("cpu") or {}).get("summary", "a CPU with VNNI") if isinstance(q.get("cpu"), dict) else \
+        "a CPU with VNNI"
+    line = (f"this int8 bundle was quantised on {made_on} for u8 x s8 kernels; this CPU "
+            f"({cpu_features().summary()}) has no VNNI, so its int8 products may saturate and the image drift: "
+            "re-export it on this machine (it then stores u8 weights) or pass --int8-kernel u8u8 to export")
+    warnings.warn(line, RuntimeWarning, stacklevel=2)
+    return line
+
+
 def load_bundle(
     path: str | os.PathLike,
     device: str = "cpu",
@@ -338,6 +351,7 @@ def load_bundle(
     (each is released when its phase ends), for devices where the whole pipeline does not fit.
     """
     m = load_manifest(path, runtime=runtime, verify=verify)
+    warn_if_cpu_unfit(m)
     root = Path(m.root)  # type: ignore[arg-type]
     runner = make_runner(m.runtime, m.components, root, device=device, precision=m.precision, num_threads=num_threads)
     if hasattr(runner, "graph_precision"):

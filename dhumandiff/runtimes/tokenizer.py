@@ -67,7 +67,7 @@ class PromptTokenizer:
 
     @classmethod
     def from_spec(cls, path: str | os.PathLike, spec: object) -> "PromptTokenizer":
-        """Build from a :class:`~dhumandiff.runtimes.manifest.TokenizerSpec` (``path`` already resolved)."""
+        """Build from a :class:`~dhumandiff.contract.bundle.TokenizerSpec` (``path`` already resolved)."""
         return cls(
             path,
             max_length=spec.max_length,  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dhumandiff.runtimes.manifest import load_manifest
+from dhumandiff.contract.bundle import load_manifest
 
 
 @dataclass(frozen=True)

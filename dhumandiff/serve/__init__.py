@@ -7,21 +7,11 @@ ASGI server. Public names are loaded lazily so ``import dhumandiff.serve`` does 
 
 from __future__ import annotations
 
-from typing import Any
+from ..utils.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "create_app": "dhumandiff.serve.app",
     "KioskSettings": "dhumandiff.serve.app",
     "GenerationQueue": "dhumandiff.serve.queue",
     "Busy": "dhumandiff.serve.queue",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dhumandiff.serve' has no attribute {name!r}")
+})

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..runtimes.generator import SettingsError
 from ..utils.atomic import atomic_dir
-from ..utils.images import load_rgb
+from ..contract.images import load_rgb
 from . import presets
 from .queue import Busy, GenerationQueue
 
@@ -173,7 +173,11 @@ def create_app(
                    **{k: float(v) for k, v in res.timings.items()}}
         answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings))
         if cfg.keep_dir is not None:
-            _keep(job, answer)
+            try:  # archiving is best-effort: a full or read-only disk must not cost the guest the portrait
+                _keep(job, answer)
+            except OSError as exc:
+                log.warning("could not keep request %s in %s (%s); the guest still gets the portrait",
+                            job.request_id[:8], cfg.keep_dir, exc.strerror or exc)
         return answer
 
     def _keep(job: _Job, answer: _Answer) -> None:

@@ -25,7 +25,7 @@ class TrainConfig:
     mask_dropout: float = 0.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    # Extra terms of the full objective (issue: training): weights 0 disable them.
+    # Extra terms of the full objective (identity and region losses): weights 0 disable them.
     identity_loss_weight: float = 0.0
     region_loss_weight: float = 0.0
     identity_loss_max_t: int = 600     # the identity loss sees only timesteps below this (x0 is a blur above)

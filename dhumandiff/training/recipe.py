@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.dhumandiff_model import DHumanDiff
-from ..model.faces.base import get_face_analyzer
+from ..model.faces import get_face_analyzer
 from .config import TrainConfig
 from .tensors import encode_latents, load_training_tensors
 from .trainer import DiffusionTrainer
@@ -114,31 +114,3 @@ def _pretrain_tiny_world(model: DHumanDiff, data_dir: str | Path, prep: Path, op
     model.save_pretrained(prep)
     return report
 
-
-def model_from_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, use_ema: bool = True,
-                          out_dir: str | Path | None = None) -> DHumanDiff:
-    """Rebuild the model of a (possibly killed) run from its newest (or given) checkpoint.
-
-    Starts from the run's ``prepared`` folder (frozen encoders + VAE) and loads the checkpoint's trainable weights
-    (the EMA copy by default, which is what a finished run ships). Saves to ``out_dir`` when given.
-    """
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .trainer import _state, trainable_modules, trainable_parameters
-
-    run_dir = Path(run_dir)
-    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
-        raise CheckpointError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
-    weights, ema, _, state = load_checkpoint(ckpt)
-    model = DHumanDiff.from_pretrained(run_dir / "prepared")
-    mods = trainable_modules(model, state["config"]["trainable"])
-    mods.load_state_dict(weights, strict=False)
-    if use_ema and ema is not None:
-        for i, p in enumerate(trainable_parameters(mods)):
-            p.data.copy_(ema[f"ema.{i}"])
-    missing = set(_state(mods)) - set(weights)
-    if missing:
-        raise CheckpointError(f"checkpoint {ckpt} lacks {sorted(missing)[:3]}")
-    if out_dir is not None:
-        model.save_pretrained(out_dir)
-    return model.eval()

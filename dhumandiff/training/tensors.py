@@ -17,7 +17,7 @@ from PIL import Image
 from ..model.dhumandiff_model import DHumanDiff
 from ..errors import FaceNotFoundError, MultipleFacesError
 from ..model.face_inputs import FaceInput, clip_preprocess, prepare_face
-from ..model.faces.base import Face, FaceAnalyzer, l2_normalize, square_crop
+from ..contract.faces.base import Face, FaceAnalyzer, l2_normalize, square_crop
 from ..model.tokenizer import tokenize
 
 

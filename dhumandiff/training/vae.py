@@ -14,11 +14,23 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from ..contract import metrics
+
+
+#: ``10 log10(4 / 1e-12)``: the PSNR of an MSE of 1e-12 or less (what this module always reported for a match).
+_PSNR_CAP_DB = 10 * math.log10(4.0 / 1e-12)
+
 
 def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR (dB) of images in [-1, 1] (clamped; peak-to-peak 2) against ``reference``."""
-    mse = F.mse_loss(images.clamp(-1, 1), reference.clamp(-1, 1)).item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
+    """PSNR (dB) of images in [-1, 1] (clamped; peak-to-peak 2) against ``reference``, at most ~126 dB.
+
+    :func:`dhumandiff.contract.metrics.psnr_db` on the tensors' values (float64 there, so it agrees with the former
+    float32 ``F.mse_loss`` form to float32 precision).
+    """
+    def values(x: torch.Tensor):
+        return x.detach().clamp(-1, 1).float().cpu().numpy()
+
+    return metrics.psnr_db(values(reference), values(images), peak=2.0, cap=_PSNR_CAP_DB)
 
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int = 32, lr: float = 1e-3,

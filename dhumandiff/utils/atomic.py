@@ -67,31 +67,91 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
 
 
+class OutputBusyError(FileExistsError):
+    """Another process is writing the same output folder right now."""
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def _exclusive(target: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``.<name>.lock`` beside ``target`` (POSIX ``flock``): two writers of
+    one output never both succeed; the second is refused at once with what to do. No-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = target.with_name(f".{target.name}.lock")
+    fd = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputBusyError(f"{target} is being written by another dhumandiff process right now; wait for it "
+                                  "to finish or choose another output") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_replaceable(target: Path, markers: tuple[str, ...]) -> bool:
+    """May ``--overwrite`` replace ``target``? Only an empty folder, or one holding one of ``markers`` (the file
+    that says it is what this command writes: ``bundle.json``, ``model_index.json``, ...). Never a file, a link,
+    or a folder of someone's photos."""
+    if target.is_symlink() or not target.is_dir():
+        return False
+    try:
+        names = {p.name for p in target.iterdir()}
+    except OSError:
+        return False
+    return not names or bool(names & set(markers))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, overwrite: bool = False,
+               markers: tuple[str, ...] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``target`` in one rename.
 
-    On failure (or SIGKILL) only a hidden ``.<name>.partial-*`` sibling remains, which no loader accepts.
+    On failure (or SIGKILL) only a hidden ``.<name>.partial-*`` sibling remains, which no loader accepts. A
+    second process writing the same ``target`` at the same time is refused (:class:`OutputBusyError`).
+    ``overwrite`` replaces an existing ``target`` only when it is a folder this code may replace: empty, or (with
+    ``markers``) holding one of those files; anything else is refused before any work is done.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, _default_mode(True))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def refuse_existing() -> None:
+        if not (target.exists() or target.is_symlink()):
+            return
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        if markers is not None and not is_replaceable(target, markers):
+            what = "a file" if target.is_file() or target.is_symlink() else "a folder that is not ours to replace"
+            raise FileExistsError(f"{target} is {what} (no {' / '.join(markers)} in it); --overwrite only replaces "
+                                  "what dhumandiff wrote: choose another output folder")
+
+    refuse_existing()
+    with _exclusive(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, _default_mode(True))
+            refuse_existing()  # another writer may have finished in the meantime
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -11,6 +11,7 @@ device copy), so the runtimes and the reference share one message.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -78,3 +79,15 @@ def check_vae_precision(value: str | None) -> str | None:
     if v not in VAE_PRECISIONS:
         raise SettingsError(f"--vae-precision must be fp32 or fp16 (got {value!r})")
     return v
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively through dicts and lists, so a
+    report stays strict JSON whatever a broken graph produced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

@@ -127,7 +127,7 @@ def edit_manifest(bundle: Path, edit: Any) -> None:
 
 def rehash(bundle: Path) -> None:
     """Recompute every component digest after a deliberate change to a graph file."""
-    from dhumandiff.runtimes.manifest import component_digests
+    from dhumandiff.contract.bundle import component_digests
 
     def fix(d: dict) -> None:
         for comp in d["components"].values():

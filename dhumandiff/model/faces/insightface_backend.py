@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CheckpointError, RuntimeUnavailableError
-from .base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize, square_crop
+from ...contract.faces.base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize, square_crop
 
 __all__ = ["InsightFaceAnalyzer", "find_insightface_models", "ARCFACE_TEMPLATE"]
 
@@ -119,7 +119,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
                 self.det_model.prepare(ctx_id=-1, input_size=tuple(det_size), det_thresh=float(det_thresh))
                 self.detection_path = found["detection"]
             elif key == "world":
-                from .world_detect import WorldFaceDetector
+                from ...contract.faces.world_detect import WorldFaceDetector
 
                 self.detector = WorldFaceDetector(**detector_kw)
                 self.min_face_px = 12

@@ -40,8 +40,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from ...data import world as W
 from ...errors import CheckpointError
 from ...utils.atomic import atomic_dir, atomic_path, write_text_atomic
-from .base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize, square_crop
-from .world_detect import COLOUR_ATTRIBUTES, WorldAttributeReader, WorldFaceDetector, skin_mask
+from ...contract.faces.base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize, square_crop
+from ...contract.faces.world_detect import (COLOUR_ATTRIBUTES, WorldAttributeReader, WorldFaceDetector, box_iou,
+                                            skin_mask)
 
 __all__ = [
     "WorldFaceDetector", "WorldAttributeReader", "WorldIdentityEncoder", "TinyCLIPVision", "tiny_clip_vision_config",
@@ -353,8 +354,8 @@ def _held_out_eval(identity: WorldIdentityEncoder, clip: CLIPVisionModel | None,
         for p, k in zip(spec.persons, kps):
             gt = W.face_box_from_keypoints(k, 64)
             total += 1
-            best = max(faces, key=lambda f: _iou(f.bbox, gt), default=None)
-            if best is not None and _iou(best.bbox, gt) > 0.4:
+            best = max(faces, key=lambda f: box_iou(f.bbox, gt), default=None)
+            if best is not None and box_iou(best.bbox, gt) > 0.4:
                 found += 1
                 crops.append(face_crop(img, best))
                 lab.append(index[p.identity.identity_id])
@@ -396,16 +397,10 @@ def _held_out_eval(identity: WorldIdentityEncoder, clip: CLIPVisionModel | None,
     return out
 
 
-def _iou(a, b) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def split_identities(identities: Sequence[W.Identity], held_out_every: int = 5) -> tuple[list, list]:
-    """(train, held-out): every ``held_out_every``-th identity is held out (balanced over gender and age)."""
+def hold_out_every_nth(identities: Sequence[W.Identity], held_out_every: int = 5) -> tuple[list, list]:
+    """(train, held-out): every ``held_out_every``-th identity is held out (balanced over gender and age), by
+    position, no randomness: the encoders' metrics split. The data set's seeded split by (gender, age) group is
+    another algorithm: :func:`dhumandiff.data.synth.split_identities`."""
     train = [i for k, i in enumerate(identities) if k % held_out_every != held_out_every - 1]
     held = [i for k, i in enumerate(identities) if k % held_out_every == held_out_every - 1]
     return train, held
@@ -440,7 +435,7 @@ def train_world_encoders(out_dir: str | os.PathLike, identities: Sequence[W.Iden
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0xFACE])
     ids = list(identities) if identities is not None else W.make_identities(n_identities, seed)
-    train_ids, held = split_identities(ids)
+    train_ids, held = hold_out_every_nth(ids)
     if len(train_ids) < 2 or len(held) < 2:
         raise ValueError("need at least 10 identities (every 5th is held out for the metrics)")
     scenes = int(scenes if scenes is not None else 12 * len(train_ids))

@@ -1,4 +1,4 @@
-"""Backend adapters and the registry that picks one for a bundle.
+"""Backend adapters, built for a bundle from the runtime registry (:mod:`dhumandiff.contract.registry`).
 
 Importing this package imports no backend: each adapter module imports onnxruntime / openvino / coremltools /
 torch inside its functions, so ``dhumandiff doctor`` and a runtime-only install stay light.
@@ -11,18 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from dhumandiff.contract.registry import RUNTIME_REGISTRY
 from dhumandiff.errors import RuntimeUnavailableError
 from dhumandiff.runtimes.adapters.base import BaseRunner, GraphRunner, check_finite
 
 __all__ = ["BaseRunner", "GraphRunner", "RuntimeInfo", "available_runtimes", "check_finite", "make_runner"]
-
-_MODULES = {
-    "onnx": "dhumandiff.runtimes.adapters.onnx",
-    "openvino": "dhumandiff.runtimes.adapters.openvino",
-    "coreml": "dhumandiff.runtimes.adapters.coreml",
-    "torchscript": "dhumandiff.runtimes.adapters.torchscript",
-}
-
 
 @dataclass(frozen=True)
 class RuntimeInfo:
@@ -35,25 +28,14 @@ class RuntimeInfo:
     version: str | None = None
 
 
-def make_runner(
-    runtime: str,
-    components: Mapping[str, Any],
-    root: str | Path,
-    device: str = "cpu",
-    precision: str = "fp32",
-    num_threads: int | None = None,
-) -> GraphRunner:
+def make_runner(runtime: str, components: Mapping[str, Any], root: str | Path, device: str = "cpu",
+                precision: str = "fp32", num_threads: int | None = None) -> GraphRunner:
     """The adapter for ``runtime`` over a bundle's components (graphs load lazily, on first run)."""
-    if runtime not in _MODULES:
-        raise RuntimeUnavailableError(f"unknown runtime {runtime!r}; choose one of {', '.join(_MODULES)}")
-    mod = importlib.import_module(_MODULES[runtime])
-    if runtime == "onnx":
-        return mod.OnnxRunner(components, root, device=device, num_threads=num_threads)
-    if runtime == "openvino":
-        return mod.OpenVINORunner(components, root, device=device, precision=precision, num_threads=num_threads)
-    if runtime == "coreml":
-        return mod.CoreMLRunner(components, root, device=device)
-    return mod.TorchScriptRunner(components, root, device=device, num_threads=num_threads)
+    entry = RUNTIME_REGISTRY.get(runtime)
+    if entry is None:
+        raise RuntimeUnavailableError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_REGISTRY)}")
+    runner_class = getattr(importlib.import_module(entry.module), entry.class_name)
+    return runner_class(components, root, device=device, precision=precision, num_threads=num_threads)
 
 
 def available_runtimes(probe_torch: bool = True) -> list[RuntimeInfo]:
@@ -62,8 +44,7 @@ def available_runtimes(probe_torch: bool = True) -> list[RuntimeInfo]:
     ``probe_torch=False`` reports TorchScript from package metadata only (importing torch takes seconds).
     """
     infos = []
-    for name, modname in _MODULES.items():
-        mod = importlib.import_module(modname)
-        d = mod.describe(probe_torch) if name == "torchscript" else mod.describe()
+    for name, entry in RUNTIME_REGISTRY.items():
+        d = importlib.import_module(entry.module).describe(probe_torch)
         infos.append(RuntimeInfo(name, d["installed"], list(d["devices"]), list(d["providers"]), d["version"]))
     return infos

@@ -40,6 +40,13 @@ def check_finite(component: str, outputs: Mapping[str, np.ndarray], where: str =
     _check_finite(component, outputs, where, precision=precision)
 
 
+def load_failure(what: str, path: Path, component: str, exc: BaseException) -> BundleError:
+    """The one-line error of a graph its backend refuses to load: the backend's first non-empty message line
+    (they raise multi-line C++ traces), which file and component, and what to do."""
+    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return BundleError(f"{what} {path.name} ({component}): {first}; re-export the bundle")
+
+
 class BaseRunner:
     """Shared adapter plumbing. Subclasses implement ``_load(component)`` and ``_run(handle, inputs)``."""
 

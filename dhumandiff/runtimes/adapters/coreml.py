@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
-from dhumandiff.runtimes.adapters.base import BaseRunner
+from dhumandiff.runtimes.adapters.base import BaseRunner, load_failure
 
 #: Core ML ``ArrayFeatureType`` data types (FLOAT32, FLOAT16, DOUBLE, INT32) -> NumPy.
 _ARRAY_DTYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}
@@ -44,7 +44,9 @@ def _ct() -> Any:
 class CoreMLRunner(BaseRunner):
     runtime = "coreml"
 
-    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "auto") -> None:
+    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "auto", precision: str = "fp16",
+                 num_threads: int | None = None) -> None:
+        """``precision`` and ``num_threads`` are accepted for a uniform adapter interface: Core ML chooses both."""
         ct = _ct()
         if device.lower() not in COMPUTE_UNITS:
             raise RuntimeUnavailableError(f"unknown Core ML device {device!r}; choose auto, cpu, gpu or ane")
@@ -67,10 +69,7 @@ class CoreMLRunner(BaseRunner):
             try:
                 model = ct.models.MLModel(str(path), compute_units=self._units)
             except Exception as e:
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise BundleError(
-                    f"Core ML cannot load {path.name} ({component}): {first}; re-export the bundle"
-                ) from None
+                raise load_failure("Core ML cannot load", path, component, e) from None
             types = {f.name: _ARRAY_DTYPES.get(f.type.multiArrayType.dataType, np.float32)
                      for f in model.get_spec().description.input}
             graphs.append((path.name, model, types))
@@ -93,7 +92,7 @@ class CoreMLRunner(BaseRunner):
         return out
 
 
-def describe() -> dict[str, Any]:
+def describe(probe: bool = True) -> dict[str, Any]:
     import importlib.util
 
     installed = importlib.util.find_spec("coremltools") is not None

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
-from dhumandiff.runtimes.adapters.base import BaseRunner
+from dhumandiff.runtimes.adapters.base import BaseRunner, load_failure
 
 #: ``--device`` name -> onnxruntime execution provider.
 DEVICE_PROVIDERS = {
@@ -60,13 +60,9 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
 class OnnxRunner(BaseRunner):
     runtime = "onnx"
 
-    def __init__(
-        self,
-        components: Mapping[str, Any],
-        root: str | Path,
-        device: str = "cpu",
-        num_threads: int | None = None,
-    ) -> None:
+    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "cpu", precision: str = "fp32",
+                 num_threads: int | None = None) -> None:
+        """``precision`` is the bundle's (the graphs carry their own types; onnxruntime needs no hint)."""
         super().__init__(components, root, device)
         ort = _ort()
         self._providers = choose_providers(device, list(ort.get_available_providers()))
@@ -87,10 +83,7 @@ class OnnxRunner(BaseRunner):
         try:
             return ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise BundleError(
-                f"onnxruntime cannot load {path.name} ({component}): {first}; re-export the bundle"
-            ) from None
+            raise load_failure("onnxruntime cannot load", path, component, e) from None
 
     def _run(self, component: str, handle: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [i.name for i in handle.get_inputs()]
@@ -104,7 +97,7 @@ class OnnxRunner(BaseRunner):
         return dict(zip(out_names, values))
 
 
-def describe() -> dict[str, Any]:
+def describe(probe: bool = True) -> dict[str, Any]:
     """Installed? which providers/devices? (for ``dhumandiff doctor``)."""
     try:
         ort = _ort()

@@ -25,8 +25,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
-from dhumandiff.runtimes.adapters.base import BaseRunner
+from dhumandiff.runtimes.adapters.base import BaseRunner, load_failure
 from dhumandiff.runtimes.adapters.mapped_weights import ReleasedWhileLoading
+from dhumandiff.utils.cpu import cpu_features
 
 _DEVICES = ("CPU", "GPU", "NPU")
 
@@ -55,15 +56,16 @@ def compile_cache_dir() -> str | None:
 def precision_hint(bundle_precision: str, device: str) -> str:
     """INFERENCE_PRECISION_HINT for a bundle precision on an OpenVINO device (never OpenVINO's default).
 
-    fp32 -> f32 everywhere; bf16 -> bf16; fp16 and quantised bundles (int8, int4, palettised, ...) -> f16 on
-    GPU/NPU (their native float) and f32 on CPU, where f16 compute is not generally available and the default
-    would be bf16.
+    fp32 -> f32 everywhere; bf16 -> bf16, except on a CPU without native bf16 (AVX2-only, AVX-512 without
+    AVX512_BF16/AMX), where OpenVINO would silently run f32 anyway: asking for f32 there says so and keeps the
+    compile cache honest; fp16 and quantised bundles (int8, int4, palettised, ...) -> f16 on GPU/NPU (their
+    native float) and f32 on CPU, where f16 compute is not generally available and the default would be bf16.
     """
     p = bundle_precision.lower()
     if p in ("fp32", "f32", "float32"):
         return "f32"
     if p in ("bf16", "bfloat16"):
-        return "bf16"
+        return "bf16" if not device.upper().startswith("CPU") or cpu_features().bf16 else "f32"
     return "f32" if device.upper().startswith("CPU") else "f16"
 
 
@@ -99,14 +101,8 @@ def _type_name(value: Any) -> str:
 class OpenVINORunner(BaseRunner):
     runtime = "openvino"
 
-    def __init__(
-        self,
-        components: Mapping[str, Any],
-        root: str | Path,
-        device: str = "cpu",
-        precision: str = "fp32",
-        num_threads: int | None = None,
-    ) -> None:
+    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "cpu", precision: str = "fp32",
+                 num_threads: int | None = None) -> None:
         ov = _ov()
         self._core = ov.Core()
         resolved = resolve_device(device, list(self._core.available_devices))
@@ -138,9 +134,7 @@ class OpenVINORunner(BaseRunner):
                 compiled = self._core.compile_model(model, self.device, config)
                 del model
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line C++ traces
-            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            raise BundleError(f"OpenVINO cannot compile {path.name} ({component}) on {self.device}: {first}; "
-                              "re-export the bundle") from None
+            raise load_failure(f"OpenVINO ({self.device}) cannot compile", path, component, e) from None
         got = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         if got != _type_name(self.hint):
             raise RuntimeUnavailableError(
@@ -170,7 +164,7 @@ class OpenVINORunner(BaseRunner):
         return out
 
 
-def describe() -> dict[str, Any]:
+def describe(probe: bool = True) -> dict[str, Any]:
     try:
         ov = _ov()
     except RuntimeUnavailableError:

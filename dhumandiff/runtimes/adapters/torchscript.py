@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
-from dhumandiff.runtimes.adapters.base import BaseRunner
+from dhumandiff.runtimes.adapters.base import BaseRunner, load_failure
 
 
 def _torch() -> Any:
@@ -50,13 +50,9 @@ def resolve_device(device: str) -> str:
 class TorchScriptRunner(BaseRunner):
     runtime = "torchscript"
 
-    def __init__(
-        self,
-        components: Mapping[str, Any],
-        root: str | Path,
-        device: str = "cpu",
-        num_threads: int | None = None,
-    ) -> None:
+    def __init__(self, components: Mapping[str, Any], root: str | Path, device: str = "cpu", precision: str = "fp32",
+                 num_threads: int | None = None) -> None:
+        """``precision`` is the bundle's (TorchScript modules carry their own dtypes)."""
         super().__init__(components, root, resolve_device(device))
         if num_threads:
             _torch().set_num_threads(int(num_threads))
@@ -73,10 +69,7 @@ class TorchScriptRunner(BaseRunner):
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is this bundle's format by choice
                 module = torch.jit.load(str(path), map_location=self.device)
         except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise BundleError(
-                f"torch.jit.load cannot read {path.name} ({component}): {first}; re-export the bundle"
-            ) from None
+            raise load_failure("torch.jit.load cannot read", path, component, e) from None
         return module.eval()
 
     def _run(self, component: str, handle: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

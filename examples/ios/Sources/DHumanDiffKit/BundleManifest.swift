@@ -1,4 +1,4 @@
-// bundle.json, the one contract between `dhumandiff export` and every runtime (dhumandiff/runtimes/manifest.py
+// bundle.json, the one contract between `dhumandiff export` and every runtime (dhumandiff/contract/bundle.py
 // is the strict reader; this is the subset the sample needs). Keys are spelled out in CodingKeys on purpose:
 // JSONDecoder's convertFromSnakeCase would also rewrite component and tensor names ("input_ids").
 

@@ -1,4 +1,4 @@
-// Photos in, PNG out, with the preprocessing of dhumandiff/runtimes/imageio.py: centre-crop to a square, resize
+// Photos in, PNG out, with the preprocessing of dhumandiff/contract/images.py: centre-crop to a square, resize
 // to the encoder's size, then identity encoder: (RGB - arcface_mean) / arcface_std; CLIP: (RGB / 255 - mean) / std,
 // channel-major [1, 3, S, S]. CoreGraphics' high-quality resampling is close to, not identical with, PIL's
 // bicubic, so device images differ slightly from Python ones.
@@ -38,7 +38,7 @@ public enum Images {
         return image
     }
 
-    /// The centred square of `image` (runtimes/imageio.py square_resize crops the same square).
+    /// The centred square of `image` (contract/images.py square_resize crops the same square).
     public static func centerSquare(_ image: CGImage) -> CGImage {
         let s = min(image.width, image.height)
         let rect = CGRect(x: (image.width - s) / 2, y: (image.height - s) / 2, width: s, height: s)
@@ -88,7 +88,7 @@ public enum Images {
         return Tensor(shape: [1, 3, size, size], values: out)
     }
 
-    /// VAE output [1, 3, H, W] in [-1, 1] -> an RGB image, rounded as runtimes/imageio.py postprocess rounds
+    /// VAE output [1, 3, H, W] in [-1, 1] -> an RGB image, rounded as contract/images.py postprocess rounds
     /// (round half to even of (x / 2 + 0.5) * 255).
     public static func image(fromCHW x: [Float], height h: Int, width w: Int) throws -> CGImage {
         let plane = h * w
@@ -129,7 +129,7 @@ import Vision
 
 public enum FaceCrop {
     /// The square crop around the largest face Vision finds (side = the larger side of its box, as
-    /// model/faces/base.py square_crop with context 1.0), or nil when there is none. For real photos; the tiny
+    /// contract/faces/base.py square_crop with context 1.0), or nil when there is none. For real photos; the tiny
     /// world's bundles (identity.detector "world") take aligned face crops such as examples/face_a.png.
     public static func largestFace(in image: CGImage) throws -> CGImage? {
         let request = VNDetectFaceRectanglesRequest()

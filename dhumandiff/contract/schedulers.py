@@ -169,6 +169,8 @@ class _DiscreteScheduler:
         self.alphas_cumprod = _cumprod_f32(self.alphas)
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
+        #: before ``set_timesteps``: every training step, descending (as diffusers' schedulers start)
+        self.timesteps = np.arange(0, cfg["num_train_timesteps"])[::-1].copy().astype(np.int64)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "_DiscreteScheduler":
@@ -251,6 +253,9 @@ _COMMON = {
     "steps_offset": 0,
     "rescale_betas_zero_snr": False,
 }
+#: Options of the schedulers that predict x0 and may clip or threshold it (DDIM, LCM, TCD).
+_X0_CLIPPING = {"clip_sample_range": 1.0, "set_alpha_to_one": True, "thresholding": False,
+                "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}
 
 
 # ------------------------------------------------------------------------------------------------- DDIM
@@ -260,19 +265,7 @@ class DDIMScheduler(_DiscreteScheduler):
     """Deterministic DDIM (eta = 0) unless ``eta`` is given to :meth:`step`."""
 
     class_name = "DDIMScheduler"
-    _defaults = {
-        **_COMMON,
-        "clip_sample": True,
-        "set_alpha_to_one": True,
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "clip_sample_range": 1.0,
-        "sample_max_value": 1.0,
-    }
-
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
-        self.timesteps = np.arange(0, self.config["num_train_timesteps"])[::-1].copy().astype(np.int64)
+    _defaults = {**_COMMON, **_X0_CLIPPING, "clip_sample": True}
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
@@ -457,23 +450,9 @@ class _ConsistencyScheduler(_DiscreteScheduler):
     """Timestep selection shared by LCM and TCD: a subset of the distillation schedule (skip k)."""
 
     _defaults = {
-        **_COMMON,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "original_inference_steps": 50,
-        "clip_sample": False,
-        "clip_sample_range": 1.0,
-        "set_alpha_to_one": True,
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "sample_max_value": 1.0,
-        "timestep_scaling": 10.0,
+        **_COMMON, **_X0_CLIPPING, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "original_inference_steps": 50, "clip_sample": False, "timestep_scaling": 10.0,
     }
-
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
-        self.timesteps = np.arange(0, self.config["num_train_timesteps"])[::-1].copy().astype(np.int64)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         self._check_steps(num_inference_steps)
@@ -571,11 +550,21 @@ class TCDScheduler(_ConsistencyScheduler):
 
 # ---------------------------------------------------------------------------------------------- factory
 
-SCHEDULERS: dict[str, type[_DiscreteScheduler]] = {
-    c.class_name: c for c in (DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler)
+#: The sampler registry: ``--sampler`` name -> the NumPy scheduler. Each class is named like the diffusers scheduler
+#: it reproduces; the PyTorch reference builds that diffusers class by this name, the bundle reader accepts these
+#: class names, and the CLI lists these samplers. Adding a sampler is one class above plus one entry here.
+_REGISTERED: dict[str, type[_DiscreteScheduler]] = {
+    "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler,
 }
-#: ``--sampler`` names -> scheduler classes.
-SAMPLERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler", "tcd": "TCDScheduler"}
+#: ``--sampler`` names -> scheduler class names (diffusers' and ours).
+SAMPLERS: dict[str, str] = {name: cls.class_name for name, cls in _REGISTERED.items()}
+#: Scheduler class names -> NumPy classes (what ``bundle.json``'s ``scheduler._class_name`` may be).
+SCHEDULERS: dict[str, type[_DiscreteScheduler]] = {cls.class_name: cls for cls in _REGISTERED.values()}
+
+
+def sampler_choices(sep: str = ", ") -> str:
+    """The ``--sampler`` names for help texts and errors (``ddim, euler, lcm, tcd``)."""
+    return sep.join(SAMPLERS)
 
 
 def from_config(config: Mapping[str, Any], sampler: str | None = None) -> _DiscreteScheduler:

@@ -19,20 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from PIL import Image
+
 from ...errors import FaceNotFoundError, InputImageError, MultipleFacesError
+from ..images import load_rgb  # the one photo loader (re-exported: analyzers take paths too)
 
-__all__ = [
-    "Face",
-    "FaceAnalyzer",
-    "get_face_analyzer",
-    "load_rgb",
-    "as_rgb_uint8",
-    "l2_normalize",
-    "square_crop",
-    "ANALYZERS",
-]
-
-ANALYZERS = ("world", "insightface", "dlib")
+__all__ = ["Face", "FaceAnalyzer", "as_rgb_uint8", "l2_normalize", "load_rgb", "select_face", "square_crop"]
 
 
 @dataclass
@@ -83,45 +75,16 @@ def l2_normalize(vec: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def as_rgb_uint8(image: Any, name: str = "the photo") -> np.ndarray:
-    """Coerce an array (HxW grey, HxWx3 RGB, HxWx4 RGBA; uint8, or float in 0..1) to contiguous HxWx3 uint8."""
-    if not isinstance(image, np.ndarray):
-        try:
-            from PIL import Image
-
-            if isinstance(image, Image.Image):
-                image = np.asarray(image.convert("RGB"))
-        except ImportError:  # pragma: no cover - pillow is a core dependency
-            pass
-    if not isinstance(image, np.ndarray):
+    """Coerce an in-memory image to contiguous HxWx3 uint8 RGB: an HxWx3 uint8 array as is (the detectors' hot
+    path), anything else (grey, RGBA, wide or float pixels, a PIL image) by the loader's rules
+    (:func:`dhumandiff.contract.images.load_rgb`), so a photo gets the same pixels whichever door it came in by."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 \
+            and image.shape[0] >= 1 and image.shape[1] >= 1:
+        return np.ascontiguousarray(image)
+    if not isinstance(image, (np.ndarray, Image.Image)):
         raise InputImageError(f"{name} is not an image array ({type(image).__name__}): pass an HxWx3 RGB uint8 array "
                               f"or a path to a photo")
-    arr = image
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise InputImageError(f"{name} has shape {tuple(image.shape)}: pass an HxWx3 RGB image")
-    arr = arr[:, :, :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all():
-                raise InputImageError(f"{name} holds NaN/Inf pixels: pass a valid RGB image")
-            scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-            arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-        elif np.issubdtype(arr.dtype, np.integer):
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-        else:
-            raise InputImageError(f"{name} has pixel type {arr.dtype}: pass an RGB uint8 image")
-    return np.ascontiguousarray(arr)
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo as HxWx3 RGB uint8, upright; :class:`InputImageError` if it cannot be read.
-
-    The one loader of the project (``dhumandiff.utils.images``), so every entry point refuses the same files.
-    """
-    from ...utils.images import load_rgb as _load_rgb
-
-    return _load_rgb(path)
+    return load_rgb(image, name)
 
 
 def square_crop(image: np.ndarray, bbox, size: int, context: float = 1.0) -> np.ndarray:
@@ -130,8 +93,6 @@ def square_crop(image: np.ndarray, bbox, size: int, context: float = 1.0) -> np.
     The one crop every analyzer and trainer uses in front of a 112-px identity encoder, so a face embeds the
     same whether it came from a reference photo or from a generated scene.
     """
-    from PIL import Image
-
     x0, y0, x1, y1 = [float(v) for v in np.asarray(bbox).reshape(4)]
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = max(x1 - x0, y1 - y0, 1.0) * context / 2
@@ -230,25 +191,3 @@ def _describe(faces: list[Face], limit: int = 4) -> str:
     parts = [f"#{i} {f.width:.0f}x{f.height:.0f} px at x={f.bbox[0]:.0f} y={f.bbox[1]:.0f}"
              for i, f in enumerate(faces[:limit])]
     return ", ".join(parts) + (f", ... ({len(faces) - limit} more)" if len(faces) > limit else "")
-
-
-def get_face_analyzer(name: str = "world", **kw: Any) -> FaceAnalyzer:
-    """Build a face analyzer by name.
-
-    ``"world"``: the tiny synthetic world (default for the tiny backbone; ``encoder=`` folder or module).
-    ``"insightface"``: buffalo_l-style local models folder (``root=``, offline). ``"dlib"``: dlib HOG + ResNet.
-    """
-    key = (name or "world").lower()
-    if key == "world":
-        from .world import WorldAnalyzer
-
-        return WorldAnalyzer(**kw)
-    if key == "insightface":
-        from .insightface_backend import InsightFaceAnalyzer
-
-        return InsightFaceAnalyzer(**kw)
-    if key == "dlib":
-        from .dlib_backend import DlibAnalyzer
-
-        return DlibAnalyzer(**kw)
-    raise ValueError(f"unknown face analyzer {name!r}: choose one of {', '.join(ANALYZERS)}")

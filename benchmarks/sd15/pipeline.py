@@ -1,14 +1,15 @@
 """A measured sd15-scale image: the end-to-end estimate's graphs run in one process through the OpenVINO adapter.
 
-The composed estimate (:func:`.sd15.end_to_end_estimate`) sums graphs measured in separate processes, so it cannot
-show what happens when they share one: the peak memory of a whole image (every graph held, or ``--low-memory``'s
-one phase at a time) and the cold start of a first image. This replays the generator's phase order -- per person
-the CLIP image encoder and the face projection, then the text encoder, ``steps`` CFG-free UNet calls and the VAE
-decoder -- on the bench's fixed inputs, through :class:`~dhumandiff.runtimes.adapters.openvino.OpenVINORunner` (its compile cache, its mapped-weight
-release). The sd15 backbone has no exported identity encoder; ArcFace runs outside the bundle.
+The composed estimate (:func:`.measure.end_to_end_estimate`) sums graphs measured in separate processes, so it
+cannot show what happens when they share one: the peak memory of a whole image (every graph held, or
+``--low-memory``'s one phase at a time) and the cold start of a first image. This replays the generator's phase
+order -- per person the CLIP image encoder and the face projection, then the text encoder, ``steps`` CFG-free UNet
+calls and the VAE decoder -- on the study's fixed inputs, through
+:class:`~dhumandiff.runtimes.adapters.openvino.OpenVINORunner` (its compile cache, its mapped-weight release). The
+sd15 backbone has no exported identity encoder; ArcFace runs outside the bundle.
 
-Each mode is its own process; a first process fills an empty compile cache (the first start ever), then every
-measured mode is a restart. The worker side (:func:`run_sd15_image`) imports no torch.
+Each mode is its own worker process (a ``call`` job); a first process fills an empty compile cache (the first
+start ever), then every measured mode is a restart. The worker side (:func:`run_image`) imports no torch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from . import run_job
 
 #: Generator phases (graphs released together in low-memory mode) and the calls per image of a 4-step student.
 PHASES: tuple[tuple[str, ...], ...] = (("image_encoder", "face_projection"), ("text_encoder",), ("unet",),
@@ -38,14 +41,15 @@ def _precision(row: dict[str, Any]) -> str:
 
 
 def pipeline_job(chosen: dict[str, dict[str, Any]], cache: Path, steps: int) -> dict[str, Any]:
-    """The worker job for the estimate's chosen rows (``file``: graph path relative to the sd15 cache)."""
+    """What :func:`run_image` is given for the estimate's chosen rows (``file``: graph path relative to the sd15
+    cache)."""
     with np.load(cache / "reference.npz") as ref:
         outputs = {c: sorted({k.split("/", 1)[1] for k in ref.files if k.split("/", 1)[0] == c}) for c in chosen}
     comps = {}
     for comp, row in chosen.items():
         comps[comp] = {"file": str(cache / row["file"]), "precision": _precision(row), "label": row["label"],
                        "batch": row.get("batch") or 1, "outputs": outputs.get(comp) or ["sample"]}
-    return {"kind": "sd15_image", "components": comps, "inputs": str(cache / "inputs.npz"), "steps": steps}
+    return {"components": comps, "inputs": str(cache / "inputs.npz"), "steps": steps}
 
 
 def _feeds(inputs_path: str, comps: dict[str, dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
@@ -63,11 +67,11 @@ def _feeds(inputs_path: str, comps: dict[str, dict[str, Any]]) -> dict[str, dict
     return feeds
 
 
-def run_sd15_image(job: dict[str, Any]) -> dict[str, Any]:
+def run_image(job: dict[str, Any]) -> dict[str, Any]:
     """Worker side: build the runners, first image (cold), then warm images; times and peak RSS."""
-    from ..runtimes.adapters.openvino import OpenVINORunner
-    from ..runtimes.manifest import ComponentSpec, TensorSpec
-    from .measure import Timing, peak_rss_mb, rss_mb
+    from dhumandiff.bench.measure import Timing, peak_rss_mb, rss_mb
+    from dhumandiff.contract.bundle import ComponentSpec, TensorSpec
+    from dhumandiff.runtimes.adapters.openvino import OpenVINORunner
 
     os.environ["DHUMANDIFF_OPENVINO_CACHE"] = job["cache_dir"]
     low_memory = MODES[job["mode"]]
@@ -115,22 +119,29 @@ def run_sd15_image(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _run_image(job: dict[str, Any], work: Path, name: str, timeout: float | None) -> dict[str, Any]:
+    """:func:`run_image` in a fresh worker process; its result, with the worker's time and the load average."""
+    res = run_job({"kind": "call", "target": f"{__name__}:run_image", "kwargs": {"job": job},
+                   "threads": job.get("threads")}, work, name, timeout=timeout)
+    if "value" not in res:  # the worker failed: ``error`` says why
+        return res
+    return {**res["value"], **{k: res[k] for k in ("worker_s", "load_average") if k in res}}
+
+
 def measure_pipeline(chosen: dict[str, dict[str, Any]], cache: Path, work: Path, steps: int, repeats: int,
                      threads: int | None, timeout: float | None, progress: Callable[[str], None]) -> dict[str, Any]:
     """Prime the compile cache (first start ever), then run every mode as a restart; results by mode."""
     import shutil
-
-    from .jobs import run_worker
 
     job = pipeline_job(chosen, cache, steps)
     job.update(threads=threads, repeats=min(repeats, 3), cache_dir=str(work / "pipeline-compile-cache"))
     shutil.rmtree(job["cache_dir"], ignore_errors=True)
     progress("one sd15 image in one process: first start (compiling)")
     out: dict[str, Any] = {"components": {c: v["label"] for c, v in chosen.items()}, "steps": steps}
-    first = run_worker({**job, "mode": "held", "prime_only": True}, work, "pipeline-first", timeout=timeout)
+    first = _run_image({**job, "mode": "held", "prime_only": True}, work, "pipeline-first", timeout)
     out["first_start"] = first
     for mode in MODES:
         progress(f"one sd15 image in one process: {mode}")
-        out[mode] = run_worker({**job, "mode": mode}, work, f"pipeline-{mode}", timeout=timeout)
+        out[mode] = _run_image({**job, "mode": mode}, work, f"pipeline-{mode}", timeout)
     shutil.rmtree(job["cache_dir"], ignore_errors=True)
     return out

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ...data import world as W
+from . import world_palette as W
 from .base import Face, as_rgb_uint8
 
 __all__ = ["WorldFaceDetector", "WorldAttributeReader", "skin_mask", "COLOUR_ATTRIBUTES"]
@@ -402,13 +402,13 @@ class WorldFaceDetector:
             side = box[2] - box[0]
             inner = [c[1] for c in cands
                      if 0.38 * side <= c[1][2] - c[1][0] <= 0.7 * side and _centre_inside(c[1], box)]
-            return any(_iou(a, b) < 0.1 and abs((a[0] + a[2]) - (b[0] + b[2])) / 2 >= 0.35 * side
+            return any(box_iou(a, b) < 0.1 and abs((a[0] + a[2]) - (b[0] + b[2])) / 2 >= 0.35 * side
                        for i, a in enumerate(inner) for b in inner[i + 1:])
 
         cands = [c for c in cands if not spans_two(c[1])]
         faces: list[Face] = []
         for score, box, colour in cands:
-            if any(_iou(box, f.bbox) > 0.3 or _centre_inside(box, f.bbox) for f in faces):
+            if any(box_iou(box, f.bbox) > 0.3 or _centre_inside(box, f.bbox) for f in faces):
                 continue
             fits = [float(_ratio_fit(colour[None, None, :], p, 0.5, 1.45)[0][0, 0]) for p in _SKIN]
             faces.append(Face(bbox=box, score=float(score) / len(_FEATURES),
@@ -458,7 +458,8 @@ class WorldFaceDetector:
         return float(allc[:, 0].max()), np.array([bx, by, bx + bs, by + bs], np.float32)
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes (0 when the union is empty)."""
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)

@@ -1,6 +1,8 @@
-"""The bundle contract: ``bundle.json`` at the root of an exported bundle, read strictly.
+"""The bundle contract: ``bundle.json`` at the root of an exported bundle, written and read strictly.
 
-The exporter writes it, the runtimes read it; it is the only thing the two sides share. Reading is strict on
+The exporter writes it through :func:`write_manifest` (which refuses what the reader would refuse), the runtimes
+read it through :func:`load_manifest`; the component I/O (:data:`COMPONENT_IO`), the digest rule
+(:func:`component_digests`) and the format's name and version are defined here once for both sides. Reading is strict on
 purpose: a bundle that loads is complete, untampered (every file's sha256 checked), self-contained (no path
 leaves the folder) and for this runtime, so later failures are about the model, never about a half-copied
 folder. Every refusal is one :class:`~dhumandiff.errors.BundleError` line that says what to do.
@@ -21,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
 
+from dhumandiff.contract import schedulers
+from dhumandiff.contract.registry import RUNTIMES
 from dhumandiff.errors import BundleError
-from dhumandiff.runtimes import schedulers
 from dhumandiff.utils.atomic import sha256_file, write_text_atomic
 
 FORMAT = "dhumandiff-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "bundle.json"
-RUNTIMES = ("onnx", "openvino", "coreml", "torchscript")
 DTYPES = ("float32", "float16", "int64", "int32")
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+#: Scheduler classes the NumPy sampler implements (the registry in :mod:`dhumandiff.contract.schedulers`).
+SUPPORTED_SCHEDULERS = tuple(schedulers.SCHEDULERS)
 
 #: The fixed I/O contract: component -> (input names, output names). ``text_encoder_2`` is the SDXL extra.
 COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -50,6 +53,12 @@ OPTIONAL_COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 #: Extra UNet inputs that exist exactly when ``text_encoder_2`` does (SDXL micro-conditioning).
 SDXL_UNET_INPUTS = ("text_embeds", "time_ids")
 REQUIRED_COMPONENTS = tuple(COMPONENT_IO)
+
+
+def component_io(name: str, sdxl: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(input names, output names)`` of component ``name`` in contract order (the SDXL UNet takes two more)."""
+    ins, outs = COMPONENT_IO.get(name) or OPTIONAL_COMPONENT_IO[name]
+    return (ins + SDXL_UNET_INPUTS if name == "unet" and sdxl else ins), outs
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REEXPORT = "re-export the bundle with `dhumandiff export`"
@@ -477,9 +486,7 @@ def _check_contract(m: Manifest) -> None:
     if unknown:
         raise _fail(f"bundle.json: unknown component(s) {', '.join(unknown)}; {_REEXPORT}")
     for name, comp in m.components.items():
-        ins, outs = COMPONENT_IO.get(name) or OPTIONAL_COMPONENT_IO[name]
-        if name == "unet" and m.is_sdxl:
-            ins = ins + SDXL_UNET_INPUTS
+        ins, outs = component_io(name, m.is_sdxl)
         if set(comp.inputs) != set(ins):
             raise _fail(
                 f"bundle.json: component {name} has inputs {sorted(comp.inputs)}, the contract needs "
@@ -659,18 +666,26 @@ def load_manifest(path: str | os.PathLike, runtime: str | None = None, verify: b
     return dataclasses.replace(m, root=root)
 
 
-def write_manifest(path: str | os.PathLike, manifest: Manifest) -> Path:
-    """Validate ``manifest`` and write it atomically to ``path`` (a bundle folder or a ``bundle.json``)."""
+def write_manifest(path: str | os.PathLike, manifest: Manifest | Mapping[str, Any]) -> Path:
+    """Validate ``manifest`` and write it atomically to ``path`` (a bundle folder or a ``bundle.json``).
+
+    ``manifest`` is a :class:`Manifest` or the plain dict an exporter builds (written as given, with every field
+    the reader does not model kept); either way a manifest the reader would refuse is never written.
+    """
     p = Path(path)
     target = p if p.suffix == ".json" else p / MANIFEST_NAME
-    text = manifest.to_json()
-    manifest_from_dict(json.loads(text))  # never write a manifest the reader would refuse
+    data = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
+    text = json.dumps(data, indent=2) + "\n"
+    manifest_from_dict(json.loads(text))
     write_text_atomic(target, text)
     return target
 
 
 def component_digests(root: str | os.PathLike, files: list[str]) -> dict[str, str]:
-    """sha256 of each bundle-relative file (folders expanded): what an exporter puts in ``sha256``."""
+    """sha256 of each bundle-relative file, sorted by path: what a component's ``sha256`` holds.
+
+    A folder (a Core ML ``.mlpackage``) contributes each file inside it, the rule :func:`verify_files` checks.
+    """
     root = Path(root)
     out: dict[str, str] = {}
     for rel in files:
@@ -680,4 +695,4 @@ def component_digests(root: str | os.PathLike, files: list[str]) -> dict[str, st
                 out[f.relative_to(root).as_posix()] = sha256_file(f)
         else:
             out[PurePosixPath(rel).as_posix()] = sha256_file(p)
-    return out
+    return dict(sorted(out.items()))

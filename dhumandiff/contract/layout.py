@@ -4,16 +4,19 @@ The mask routes person 1's identity tokens to box 1 and person 2's to box 2 (the
 edge toolkit). Rasterisation and the automatic layout are delegated to :mod:`dhumandiff.utils.regions`, which
 training and the PyTorch reference sampler use too, so every path builds bit-identical masks (a latent cell
 belongs to a person when its centre lies inside that person's box; where boxes overlap both channels are 1).
-This module adds what a user-facing layout needs on top: parsing, pixel units, and refusals that say what to do.
+This module adds what a user-facing layout needs on top: the one ``--layout`` parser (:func:`parse_layout`, for the
+runtimes and the PyTorch reference alike), pixel units, and refusals that say what to do. The same grid check
+(each person keeps latent cells of their own) runs in :func:`region_mask` on both paths.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import math
+import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -44,6 +47,8 @@ def automatic_layout() -> Layout:
 
 
 def _as_box(value: Any, who: str) -> Box:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise LayoutError(f"the box for {who} must be 4 numbers [x0, y0, x1, y1] (got {value!r}); {_EXAMPLE}")
     out = []
@@ -143,18 +148,36 @@ def region_mask(layout: Layout, latent_size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def parse_layout(text: str, image_size: tuple[int, int] | None = None) -> Layout:
-    """Parse ``--layout``: ``auto``, ``[[x0,y0,x1,y1],[x0,y0,x1,y1]]``, ``{"person_a": [...], "person_b": [...]}``,
-    or the path of a JSON file holding either."""
-    if isinstance(text, str) and text.strip().lower() in ("", "auto", "automatic"):
+LayoutLike = Layout | str | os.PathLike | Mapping[str, Any] | Sequence[Sequence[float]] | np.ndarray | None
+
+
+def parse_layout(layout: LayoutLike, image_size: tuple[int, int] | None = None) -> Layout:
+    """The one ``--layout`` parser (the runtimes, the PyTorch reference, the kiosk's presets).
+
+    Accepts ``None`` / ``""`` / ``"auto"`` (the automatic layout), a :class:`Layout`, the JSON text
+    ``[[x0,y0,x1,y1],[x0,y0,x1,y1]]`` or ``{"person_a": [...], "person_b": [...]}``, the path of a JSON file
+    holding either, or the same list / dict / ``[2, 4]`` array in Python. Boxes are normalised, or pixels of
+    ``image_size`` = (height, width) (see :func:`make_layout`); every refusal is a :class:`LayoutError`.
+    """
+    if layout is None:
         return automatic_layout()
-    if isinstance(text, str) and not text.lstrip().startswith(("[", "{")) and Path(text).is_file():
-        text = Path(text).read_text()
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise LayoutError(f"--layout is not valid JSON ({e}); {_EXAMPLE}") from None
-    if isinstance(data, dict):
+    if isinstance(layout, Layout):
+        validate_layout(layout)
+        return layout
+    data: Any = layout
+    if isinstance(layout, (str, os.PathLike)):
+        text = os.fspath(layout)
+        if text.strip().lower() in ("", "auto", "automatic"):
+            return automatic_layout()
+        if not text.lstrip().startswith(("[", "{")) and Path(text).is_file():
+            text = Path(text).read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LayoutError(f"--layout is not valid JSON ({e}); {_EXAMPLE}") from None
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
+    if isinstance(data, Mapping):
         missing = [k for k in ("person_a", "person_b") if k not in data]
         extra = [k for k in data if k not in ("person_a", "person_b")]
         if missing or extra:
@@ -163,8 +186,9 @@ def parse_layout(text: str, image_size: tuple[int, int] | None = None) -> Layout
                 f"{_EXAMPLE}"
             )
         boxes = [data["person_a"], data["person_b"]]
-    elif isinstance(data, list):
+    elif isinstance(data, (list, tuple)):
         boxes = data
     else:
         raise LayoutError(f"--layout must be a list of two boxes or an object with person_a/person_b; {_EXAMPLE}")
     return make_layout(boxes, image_size=image_size)
+

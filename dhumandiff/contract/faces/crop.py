@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dhumandiff.model.faces.base import as_rgb_uint8, select_face, square_crop
+from .base import as_rgb_uint8, select_face, square_crop
 
-from .manifest import IdentitySpec
+from ..bundle import IdentitySpec
 
 
 class FaceCropper:
@@ -23,7 +23,7 @@ class FaceCropper:
         self.spec = spec
         self.detector = None
         if spec.detector == "world":
-            from dhumandiff.model.faces.world_detect import WorldFaceDetector
+            from .world_detect import WorldFaceDetector
 
             self.detector = WorldFaceDetector()
 
