@@ -65,18 +65,60 @@ def decode_data_url(url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
 
 
-def client(url: str, timeout: float = 120.0) -> Any:
+def client(url: str, timeout: float = 120.0, token: str | None = None) -> Any:
+    """An httpx client for the kiosk at ``url`` (sending its access ``token`` when it has one)."""
     import httpx
 
-    return httpx.Client(base_url=url, timeout=timeout, trust_env=False)
+    headers = {"X-Kiosk-Token": token} if token else None
+    return httpx.Client(base_url=url, timeout=timeout, trust_env=False, headers=headers)
+
+
+def assert_one_line_error(r: Any, status: int, code: int, *fragments: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) >= {"error", "code", "type"}, body
+    assert body["code"] == code, body
+    assert "\n" not in body["error"] and "Traceback" not in body["error"] and body["error"].strip()
+    for f in fragments:
+        assert f in body["error"], body
+    return body
+
+
+class Gated:
+    """A real generator whose calls wait for ``release``: lets a test fill the line without racing it. ``seeds``
+    lists the seed of every call that reached it; ``steps_done`` counts the denoising steps it ran."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seeds: list[int] = []
+        self.steps_done = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.seeds.append(kwargs.get("seed"))
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the generator"
+        progress = kwargs.pop("progress", None)
+
+        def step(i: int, n: int) -> None:
+            self.steps_done += 1
+            if progress is not None:
+                progress(i, n)
+
+        return self.inner(*args, progress=step, **kwargs)
 
 
 def wait_healthy(url: str, deadline_s: float = 60.0, proc: subprocess.Popen | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, token: str | None = None) -> None:
     import httpx
 
     end = time.monotonic() + deadline_s
-    with client(url, timeout=5) as c:
+    with client(url, timeout=5, token=token) as c:
         while time.monotonic() < end:
             if proc is not None and proc.poll() is not None:
                 raise AssertionError(f"the kiosk exited with {proc.returncode}:\n{log.read_text() if log else ''}")
@@ -93,8 +135,8 @@ class KioskServer:
     """``dhumandiff serve BUNDLE --port 0`` as a child process without torch, with its own empty TMPDIR and
     working folder."""
 
-    def __init__(self, bundle: Path, workdir: Path, *args: str) -> None:
-        self.bundle, self.workdir, self.args = bundle, workdir, args
+    def __init__(self, bundle: Path, workdir: Path, *args: str, token: str | None = None) -> None:
+        self.bundle, self.workdir, self.args, self.token = bundle, workdir, args, token
         self.tmpdir = workdir / "tmp"
         self.cwd = workdir / "cwd"
         self.log = workdir / "server.log"
@@ -107,7 +149,7 @@ class KioskServer:
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "TMPDIR": str(self.tmpdir), "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         cmd = [sys.executable, "-c", TORCH_FREE_CLI, "serve", str(self.bundle), "--port", "0", "--threads", "1",
-               *self.args]
+               *(("--token", self.token) if self.token else ()), *self.args]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
         end = time.monotonic() + 120
@@ -121,8 +163,12 @@ class KioskServer:
                 raise AssertionError(f"dhumandiff serve did not start:\n{text}")
             else:
                 time.sleep(0.1)
-        wait_healthy(self.url, proc=self.proc, log=self.log)
+        wait_healthy(self.url, proc=self.proc, log=self.log, token=self.token)
         return self
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     @property
     def pid(self) -> int:
@@ -145,15 +191,17 @@ class KioskServer:
 
 
 class ThreadServer:
-    """A real uvicorn server for ``app`` on a free loopback port, in a thread of this process."""
+    """The kiosk's own uvicorn server (``dhumandiff serve``'s) for ``app`` on a free loopback port, in a thread of
+    this process; ``timeouts`` shortens its read deadlines (``header_timeout``, ``body_timeout``)."""
 
-    def __init__(self, app: Any) -> None:
-        import uvicorn
+    def __init__(self, app: Any, **timeouts: float) -> None:
+        from dhumandiff.serve.server import KioskUvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = KioskUvicorn(app, log_level="warning", **timeouts)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ThreadServer":

@@ -3,6 +3,7 @@ DHumanDiff release (SDXL folder + the four official files) at test size. Shared 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -62,5 +63,17 @@ def official_release(tmp: Path) -> tuple[Path, Path, DHumanDiff]:
     model.tokenizer.save_pretrained(sdxl / "tokenizer")
     model.tokenizer_2.save_pretrained(sdxl / "tokenizer_2")
     model.image_encoder.save_pretrained(weights / "image_encoder")
+    (sdxl / "scheduler").mkdir()
+    (sdxl / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER))
     export_official(model, weights)
     return sdxl, weights, model
+
+
+#: stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json (what the official pipeline samples with).
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.19.0.dev0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear",
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None,
+    "use_karras_sigmas": False,
+}

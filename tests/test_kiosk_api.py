@@ -29,8 +29,10 @@ psutil = pytest.importorskip("psutil")
 from kiosk_fixtures import (  # noqa: E402
     FACE_A,
     FACE_B,
+    Gated,
     KioskServer,
     ThreadServer,
+    assert_one_line_error,
     client,
     decode_data_url,
     kiosk_bundle,
@@ -77,18 +79,6 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def assert_one_line_error(r: Any, status: int, code: int, *fragments: str) -> dict[str, Any]:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) >= {"error", "code", "type"}, body
-    assert body["code"] == code, body
-    assert "\n" not in body["error"] and "Traceback" not in body["error"] and body["error"].strip()
-    for f in fragments:
-        assert f in body["error"], body
-    return body
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -209,23 +199,6 @@ def test_missing_photo_and_oversize_bodies(server: KioskServer) -> None:
 
 
 # ------------------------------------------------------------------------------------ the bounded line
-
-
-class Gated:
-    """A real generator whose calls wait for ``release``: lets a test fill the line without racing it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        assert self.release.wait(60), "the test never released the generator"
-        return self.inner(*args, **kwargs)
 
 
 def test_past_the_line_the_answer_is_busy_with_how_many_are_ahead(bundle: Path, reference: Any) -> None:
@@ -486,7 +459,7 @@ def test_serve_refuses_a_bad_bundle_and_a_busy_port_with_one_line(bundle: Path, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and "cannot listen on 127.0.0.1" in err
     assert main(["serve", str(bundle), "--queue", "-1"]) == 1
-    assert "--queue must be 0 or more" in capsys.readouterr().err
+    assert "--queue must be 0 to 1000" in capsys.readouterr().err
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(["serve", str(bundle), "--keep-dir", str(blocker / "kept")]) == 1  # refused at start-up

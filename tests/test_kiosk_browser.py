@@ -23,6 +23,8 @@ from kiosk_fixtures import FACE_A, FACE_B, KioskServer, decode_data_url, kiosk_b
 from dhumandiff.serve import presets  # noqa: E402
 from dhumandiff.contract.images import load_rgb  # noqa: E402
 
+REBOUND = "rebound.test"
+TOKEN = "browser-token-0123456789abcdef"
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")
 
@@ -49,6 +51,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM  # type: ignore[assignment]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
+                f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",  # a DNS name re-pointed at the kiosk (rebinding)
                 "--window-size=1000,900", "--hide-scrollbars", "--force-device-scale-factor=1",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         opts.add_argument(arg)
@@ -73,7 +76,7 @@ def _wait(driver: Any, condition: Any, timeout: float = 120) -> Any:
 
 
 def _open(driver: Any, url: str) -> None:
-    driver.get(url + "/")
+    driver.get(url if "?" in url else url + "/")
     _wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
 
 
@@ -127,3 +130,62 @@ def test_guest_sees_why_a_photo_was_refused(browser: Any, server: KioskServer, t
     _wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
     assert "no face found" in browser.find_element(By.ID, "status").text
     assert browser.find_element(By.ID, "result").get_attribute("src") in (None, "")
+
+
+def test_a_page_elsewhere_cannot_use_the_kiosk(browser: Any, server: KioskServer, tmp_path: Path) -> None:
+    """DNS rebinding (a name of the attacker's that resolves to 127.0.0.1) and a form on another origin that posts
+    to the kiosk: the browser gets the refusal, the kiosk runs nothing."""
+    import http.server
+    import threading
+
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as c:
+        before = c.get("/api/health").json()
+    browser.get(f"http://{REBOUND}:{server.port}/api/health")
+    assert "is not one of this kiosk's names" in browser.find_element(By.TAG_NAME, "body").text
+
+    (tmp_path / "index.html").write_text(
+        f'<form id="f" method="post" enctype="multipart/form-data" action="{server.url}/api/generate">'
+        '<input name="scene" value="beach"><input name="seed" value="1"></form>'
+        "<script>document.getElementById('f').submit()</script>")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as elsewhere:
+        threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+        try:
+            browser.get(f"http://127.0.0.1:{elsewhere.server_address[1]}/index.html")
+            _wait(browser, lambda d: "cross-site request refused" in d.find_element(By.TAG_NAME, "body").text, 30)
+        finally:
+            elsewhere.shutdown()
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as c:
+        after = c.get("/api/health").json()
+    assert (after["completed"], after["refused"]) == (before["completed"], before["refused"])
+
+
+@pytest.fixture(scope="module")
+def token_server(server: KioskServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with KioskServer(server.bundle, tmp_path_factory.mktemp("kiosk-token"), token=TOKEN) as srv:
+        yield srv
+
+
+def test_the_access_link_opens_the_kiosk_and_the_bare_address_does_not(browser: Any, token_server: KioskServer,
+                                                                        tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    _open(browser, f"{token_server.url}/?token={TOKEN}")
+    assert "token" not in browser.current_url  # taken out of the address bar, kept for the tab
+    browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
+    browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    browser.find_element(By.ID, "scene-garden").click()
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('result'); return i.complete && i.naturalWidth > 0"))
+    assert browser.find_element(By.ID, "status").text == ""
+
+    # a browser without the link (no token in the tab, no cookie) gets the page but not the kiosk
+    browser.delete_all_cookies()
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(token_server.url + "/")
+    _wait(browser, lambda d: "needs its access token" in d.find_element(By.ID, "status").text, 30)
+    assert browser.execute_script("return document.body.dataset.ready") is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -155,7 +157,7 @@ def test_openvino_caches_compiled_graphs(tmp_path: Path, monkeypatch: pytest.Mon
     bf16 = OpenVINORunner(comps, tmp_path, precision="bf16")
     np.testing.assert_allclose(bf16.run("unet", {"sample": x})["noise_pred"], want, atol=1e-2)
     folders = {"cpu-f32-tall", "cpu-bf16-tall"} if cpu_features().bf16 else {"cpu-f32-tall"}
-    assert {b.parent.name for b in cache.rglob("*.blob")} == folders
+    assert {b.parent.parent.name for b in cache.rglob("*.blob")} == folders
     monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", "off")
     assert "CACHE_DIR" not in OpenVINORunner(comps, tmp_path, precision="fp32").compile_config()
 
@@ -176,7 +178,7 @@ def test_openvino_bf16_bundle_runs_f32_on_a_cpu_without_bf16(tmp_path: Path, mon
     assert runner.providers == ["OpenVINO:CPU:f32"]
     x = np.linspace(-1, 1, int(np.prod(SHAPE)), dtype=np.float32).reshape(SHAPE)
     np.testing.assert_array_equal(runner.run("unet", {"sample": x})["noise_pred"], np.maximum(x, 0))
-    assert {b.parent.name for b in (tmp_path / "ov-cache").rglob("*.blob")} == {"cpu-f32-tall"}
+    assert {b.parent.parent.name for b in (tmp_path / "ov-cache").rglob("*.blob")} == {"cpu-f32-tall"}
 
 
 def test_openvino_cache_that_cannot_be_written_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,3 +219,137 @@ def test_available_runtimes_reports_this_machine() -> None:
     assert infos["openvino"].installed and "cpu" in infos["openvino"].devices
     if sys.platform != "darwin":
         assert infos["coreml"].devices == []
+
+
+# ------------------------------------------------------------------------------ OpenVINO compile cache integrity
+
+
+def _weighted(tmp_path: Path, weight: float, name: str = "unet") -> dict:
+    """A graph ``noise_pred = sample + W`` whose constant W (16 floats) lands verbatim in the compiled blob."""
+    from onnx import numpy_helper
+
+    w = (np.arange(16, dtype=np.float32) + weight).reshape(SHAPE)
+    node = helper.make_node("Add", ["sample", "w"], ["noise_pred"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("sample", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("noise_pred", TensorProto.FLOAT, SHAPE)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    return {name: ComponentSpec(name, f"{name}.onnx", (), {}, {"sample": TensorSpec(tuple(SHAPE), "float32")},
+                                {"noise_pred": TensorSpec(tuple(SHAPE), "float32")})}
+
+
+def _cached_run(comps: dict, root: Path) -> np.ndarray:
+    runner = OpenVINORunner(comps, root, precision="fp32")
+    return runner.run("unet", {"sample": np.zeros(SHAPE, np.float32)})["noise_pred"]
+
+
+def _only_blob(cache: Path) -> Path:
+    blobs = sorted(cache.rglob("*.blob"))
+    assert len(blobs) == 1, blobs
+    return blobs[0]
+
+
+def _damage(blob: Path, weight: float) -> None:
+    """Overwrite the graph's constant inside the compiled blob (what a bad sector or a half-copied cache does)."""
+    data = blob.read_bytes()
+    w = (np.arange(16, dtype=np.float32) + weight).tobytes()
+    assert data.count(w) == 1, "the constant is stored verbatim in the blob"
+    blob.write_bytes(data.replace(w, np.full(16, 7.0, np.float32).tobytes()))
+
+
+def test_openvino_damaged_cached_blob_is_recompiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO imports a cached blob without checking its bytes: a damaged one ran and gave another image (exit 0).
+    The record beside the blob catches it: the blob is deleted, compiled again and rewritten."""
+    comps = _weighted(tmp_path, 1000.0)
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", "off")
+    uncached = _cached_run(comps, tmp_path)
+    cache = tmp_path / "ov-cache"
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(cache))
+    np.testing.assert_array_equal(_cached_run(comps, tmp_path), uncached)
+    blob = _only_blob(cache)
+    _recorded(blob)
+    _damage(blob, 1000.0)
+    damaged = blob.read_bytes()
+    np.testing.assert_array_equal(_cached_run(comps, tmp_path), uncached)
+    assert _only_blob(cache) == blob and blob.read_bytes() != damaged, "the damaged blob was compiled again"
+    _recorded(blob)
+    # a blob without its record (a crash between compile and record, or copied in) is never imported either
+    _damage(blob, 1000.0)
+    Path(f"{blob}.sha256.json").unlink()
+    np.testing.assert_array_equal(_cached_run(comps, tmp_path), uncached)
+    _recorded(blob)
+
+
+def _recorded(blob: Path) -> None:
+    """The blob holds the graph's real constant and its record names the blob's own sha256."""
+    record = json.loads(Path(f"{blob}.sha256.json").read_text())
+    data = blob.read_bytes()
+    assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["blob"] == blob.name
+    assert (np.arange(16, dtype=np.float32) + 1000.0).tobytes() in data
+
+
+def test_openvino_cache_entry_is_tied_to_the_graph_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each graph's blobs live in a folder keyed by its files' sha256 + settings + OpenVINO version: a blob and
+    record of another graph copied over this graph's are never used, and a changed graph gets a fresh folder."""
+    cache = tmp_path / "ov-cache"
+    monkeypatch.setenv("DHUMANDIFF_OPENVINO_CACHE", str(cache))
+    a_root, b_root = tmp_path / "a", tmp_path / "b"
+    a_root.mkdir(), b_root.mkdir()
+    comps_a, comps_b = _weighted(a_root, 1000.0), _weighted(b_root, 2000.0)
+    assert _cached_run(comps_a, a_root)[0, 0, 0, 0] == 1000.0
+    blob_a = _only_blob(cache)
+    want_b = _cached_run(comps_b, b_root)
+    assert want_b[0, 0, 0, 0] == 2000.0
+    blob_b = next(b for b in cache.rglob("*.blob") if b != blob_a)
+    key_a = OpenVINORunner(comps_a, a_root, precision="fp32").cache_key("unet")
+    assert blob_a.parent.name == f"unet-{key_a}" and blob_b.parent != blob_a.parent
+    for suffix in ("", ".sha256.json"):  # graph a's entry copied over graph b's
+        Path(f"{blob_b}{suffix}").write_bytes(Path(f"{blob_a}{suffix}").read_bytes())
+    np.testing.assert_array_equal(_cached_run(comps_b, b_root), want_b)
+    comps_a2 = _weighted(a_root, 3000.0)  # graph a's file changed in place (same name)
+    assert _cached_run(comps_a2, a_root)[0, 0, 0, 0] == 3000.0
+    key_a2 = OpenVINORunner(comps_a2, a_root, precision="fp32").cache_key("unet")
+    assert key_a2 != key_a and len(list((cache / "cpu-f32-tall" / f"unet-{key_a2}").glob("*.blob"))) == 1
+
+
+# ------------------------------------------------------------------------- graph shapes against bundle.json
+
+
+def _spec(shape_in: tuple, shape_out: tuple) -> ComponentSpec:
+    return ComponentSpec("vae_decoder", "vae_decoder.onnx", (), {}, {"latent_sample": TensorSpec(shape_in, "float32")},
+                         {"sample": TensorSpec(shape_out, "float32")})
+
+
+@pytest.mark.parametrize("runner_cls", [OnnxRunner, OpenVINORunner])
+def test_graph_shapes_that_contradict_bundle_json_are_refused_at_load(tmp_path: Path, runner_cls: type) -> None:
+    """A graph whose declared output (or input) shape is not bundle.json's is refused, named, before it runs: the
+    image would otherwise fail as a backend or NumPy broadcast traceback several steps later."""
+    _unary_graph(tmp_path / "vae_decoder.onnx", "Relu", "latent_sample", "sample")
+    x = {"latent_sample": np.zeros((1, 4, 3, 3), np.float32)}
+    out = (r"^vae_decoder graph output 'sample' has shape \[1, 4, 2, 2\], bundle\.json declares \[1, 4, 3, 3\]: "
+           r".*re-export")
+    with pytest.raises(BundleError, match=out):
+        runner_cls({"vae_decoder": _spec((1, 4, 2, 2), (1, 4, 3, 3))}, tmp_path).handle("vae_decoder")
+    inp = r"^vae_decoder graph input 'latent_sample' has shape \[1, 4, 2, 2\], bundle\.json declares \[1, 4, 3, 3\]"
+    with pytest.raises(BundleError, match=inp):
+        runner_cls({"vae_decoder": _spec((1, 4, 3, 3), (1, 4, 3, 3))}, tmp_path).run("vae_decoder", x)
+    ok = runner_cls({"vae_decoder": _spec((1, 4, 2, 2), ("batch", 4, 2, 2))}, tmp_path)  # named axes are dynamic
+    assert ok.run("vae_decoder", {"latent_sample": np.ones(SHAPE, np.float32)})["sample"].shape == tuple(SHAPE)
+
+
+@pytest.mark.parametrize("runner_cls", [OnnxRunner, OpenVINORunner])
+def test_dynamic_graph_output_of_the_wrong_shape_is_refused_after_its_run(tmp_path: Path, runner_cls: type) -> None:
+    """A graph with dynamic axes cannot be checked at load: its first output is checked against bundle.json."""
+    dims = ["b", "c", "h", "w"]
+    node = helper.make_node("Transpose", ["latent_sample"], ["sample"], perm=[0, 1, 3, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("latent_sample", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("sample", TensorProto.FLOAT, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "vae_decoder.onnx"))
+    runner = runner_cls({"vae_decoder": _spec((1, 4, 2, 3), (1, 4, 2, 3))}, tmp_path)
+    with pytest.raises(BundleError, match=r"^vae_decoder graph output 'sample' has shape \[1, 4, 3, 2\], bundle\.json "
+                                          r"declares \[1, 4, 2, 3\]"):
+        runner.run("vae_decoder", {"latent_sample": np.zeros((1, 4, 2, 3), np.float32)})

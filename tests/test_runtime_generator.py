@@ -229,6 +229,26 @@ def test_user_errors_fail_before_any_graph_runs(tiny: dict[str, TinyBundle], fac
     assert rec.calls == []
 
 
+@pytest.mark.parametrize("setting,value,pattern", [
+    ("guidance_scale", float("nan"), r"--guidance must be a finite number \(got nan\)"),
+    ("guidance_scale", float("inf"), r"--guidance must be a finite number \(got inf\)"),
+    ("ip_scale", float("-inf"), r"--ip-scale must be a finite number \(got -inf\)"),
+    ("ip_scale", np.float32("nan"), r"--ip-scale must be a finite number"),
+    ("ip_scale", "strong", r"--ip-scale must be a finite number \(got 'strong'\)"),
+])
+@pytest.mark.parametrize("bundle", ["onnx", "student"])
+def test_non_finite_settings_fail_before_any_graph_runs(tiny: dict[str, TinyBundle], faces: tuple[Any, Any],
+                                                       setting: str, value: Any, pattern: str, bundle: str) -> None:
+    """NaN/Inf guidance or identity strength is a setting error (exit 1), refused before the first graph runs,
+    not a NaN fault of a graph (exit 12) after the whole loop; also on a CFG-free bundle that ignores guidance."""
+    gen = load_bundle(tiny[bundle].path, num_threads=1)
+    rec = Recorder(gen.runner)
+    gen.runner = rec
+    with pytest.raises(SettingsError, match=pattern) as e:
+        gen(*faces, PROMPT, steps=1, **{setting: value})
+    assert e.value.exit_code == 1 and rec.calls == []
+
+
 def test_load_bundle_refusals(tiny: dict[str, TinyBundle], tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="this bundle is for onnx; use --runtime onnx or export for openvino"):
         load_bundle(tiny["onnx"].path, runtime="openvino")

@@ -13,7 +13,9 @@ from PIL import Image
 from dhumandiff.errors import InputImageError
 from dhumandiff.contract.images import (
     MAX_PIXELS,
+    WORK_PIXELS,
     load_image,
+    load_rgb,
     postprocess,
     preprocess_clip,
     preprocess_face,
@@ -83,6 +85,98 @@ def test_pillow_bomb_threshold_is_also_reported(tmp_path: Path) -> None:
     f = tmp_path / "bigbomb.png"
     f.write_bytes(_png(30_000, 30_000, 8, 2, b"\0" * 16))  # 900 MP: Pillow itself refuses on open
     _refused(f, r"(too large to decode safely|over the 40 MP limit)")
+
+
+def test_png_metadata_bombs_are_refused(tmp_path: Path) -> None:
+    """Text / ICC chunks that decompress past Pillow's limits: one line naming the metadata, from a path and from
+    uploaded bytes, never a traceback (the corpus of tests/badinput runs them through every door)."""
+    from badinput.badinput_corpus import metadata_bombs
+
+    for name, data in metadata_bombs(Path(__file__).parents[1].joinpath("examples", "face_a.png").read_bytes()).items():
+        f = tmp_path / name
+        f.write_bytes(data)
+        _refused(f, r"carries more text or colour-profile metadata than a photo does")
+        with pytest.raises(InputImageError, match=r"the uploaded image carries more text"):
+            load_image(data)
+
+
+# ---------------------------------------------------------------------------------- bounded cost: big photos
+
+
+def _pattern(width: int, height: int) -> np.ndarray:
+    """Smooth colour ramps (JPEG-friendly) with a sharp red block in the top-left corner (orientation marker)."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([(x * 255 // width), (y * 255 // height), ((x + y) * 127 // (width + height))], -1)
+    img = img.astype(np.uint8)
+    img[: height // 8, : width // 8] = [255, 0, 0]
+    return img
+
+
+def test_ordinary_photo_keeps_every_pixel(tmp_path: Path) -> None:
+    """A 1920x1080 frame is under WORK_PIXELS: the full-resolution decode, pixel for pixel, as before."""
+    f = tmp_path / "hd.png"
+    arr = _pattern(1920, 1080)
+    Image.fromarray(arr).save(f)
+    assert 1920 * 1080 <= WORK_PIXELS
+    np.testing.assert_array_equal(load_rgb(f), arr)
+
+
+def test_large_photo_is_reduced_right_after_decoding(tmp_path: Path) -> None:
+    """6 MP -> averaged over 2x2 blocks (1.5 MP); 39.7 MP -> 5x5 blocks (1.6 MP; 4x4 would leave 2.5 MP)."""
+    f = tmp_path / "big.png"
+    arr = _pattern(3000, 2000)
+    Image.fromarray(arr).save(f)
+    out = load_image(f)
+    assert out.size == (1500, 1000) and out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(Image.fromarray(arr).reduce(2)))
+    np.testing.assert_array_equal(np.asarray(load_image(f.read_bytes())), np.asarray(out))  # an upload: the same
+    assert load_image(f, work_pixels=None).size == (3000, 2000)  # a caller may ask for the full resolution
+    assert load_image(Image.fromarray(arr)).size == (1500, 1000)  # every door is bounded
+    assert load_image(arr).size == (1500, 1000)
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (7280, 5456), (10, 20, 30)).save(huge)
+    out = load_image(huge)
+    assert out.size == (1456, 1092) and out.width * out.height <= WORK_PIXELS
+    assert np.asarray(out)[0, 0].tolist() == [10, 20, 30]
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path: Path) -> None:
+    """libjpeg decodes a 16 MP JPEG at 1/2 scale (Image.draft), then 2x2 blocks are averaged: the photo still
+    matches its full decode, reduced."""
+    f = tmp_path / "big.jpg"
+    arr = _pattern(4000, 4000)
+    Image.fromarray(arr).save(f, quality=95)
+    out = np.asarray(load_image(f)).astype(int)
+    assert out.shape == (1000, 1000, 3)
+    full = np.asarray(Image.open(f).convert("RGB").reduce(4)).astype(int)
+    assert np.abs(out - full).mean() < 2.0
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_exif_orientation_survives_the_reduction(tmp_path: Path, fmt: str) -> None:
+    """The orientation is read from the decoded file (for TIFF it is a tag of the file, not of a reduced copy)."""
+    f = tmp_path / f"rotated.{fmt.lower()}"
+    stored = Image.fromarray(_pattern(2400, 1600)).rotate(90, expand=True)  # stored sideways: 1600x2400
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    stored.save(f, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    out = np.asarray(load_image(f))
+    assert out.shape == (800, 1200, 3)  # upright landscape, 2x2 blocks
+    assert out[20, 20, 0] > 200 and out[20, 20, 1] < 60  # the red marker is back in the top-left corner
+
+
+def test_large_palette_and_16bit_photos_are_reduced_by_value(tmp_path: Path) -> None:
+    """Palette indices and 16-bit samples are averaged as colours, not as indices or raw integers."""
+    pal = Image.new("P", (3000, 2000), 1)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    f = tmp_path / "pal.png"
+    pal.save(f, transparency=0)
+    out = load_image(f)
+    assert out.size == (1500, 1000) and np.asarray(out)[10, 10].tolist() == [0, 255, 0]
+    g = tmp_path / "grey16.png"
+    Image.fromarray(np.full((2000, 3000), 40000, np.uint16)).save(g)
+    out = np.asarray(load_image(g))
+    assert out.shape == (1000, 1500, 3) and out[5, 5].tolist() == [156, 156, 156]  # 40000 / 65535 * 255
 
 
 # ---------------------------------------------------------------------------------------- odd but valid

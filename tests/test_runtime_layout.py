@@ -117,3 +117,52 @@ def test_parse_layout_forms() -> None:
 def test_parse_layout_refusals(text: str, pattern: str) -> None:
     with pytest.raises(LayoutError, match=pattern):
         parse_layout(text)
+
+
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("[" * 50_000 + "]" * 50_000, r"--layout is 100000 characters long; a layout is two boxes"),
+        ("[" * 20_000 + "]" * 20_000, r"--layout is nested 20000 levels deep"),
+        ('{"person_a": ' + "[" * 9 + "]" * 9 + "}", r"nested 10 levels deep"),
+        ("[[0," + "7" * 5000 + ",0.5,1],[0.5,0,1,1]]", r"number with 5000 digits"),
+        ("[[0,0,-" + "9" * 400 + ",1],[0.5,0,1,1]]", r"number with 400 digits"),
+        ("[[0.1,0.1,0.4,0.9],[0.5,0.1,1e99999,0.9]]", r"must hold finite numbers \(got \[0\.5, 0\.1, inf, 0\.9\]\)"),
+        ("x" * 5000, r"--layout is not valid JSON"),  # too long for a file name: text, not a crash
+        ("layout\0.json", r"--layout is not valid JSON"),
+    ],
+)
+def test_parse_layout_bounds_its_cost(text: str, pattern: str) -> None:
+    """Deep nesting, huge numbers and huge texts are refused as layouts (exit 7), never RecursionError, Python's
+    int-conversion ValueError or OverflowError."""
+    with pytest.raises(LayoutError, match=pattern) as e:
+        parse_layout(text)
+    assert len(str(e.value)) < 300
+
+
+def test_python_layout_with_a_huge_int_or_list() -> None:
+    with pytest.raises(LayoutError, match=r"finite numbers \(got \[1000000000"):
+        parse_layout([[10**400, 0, 1, 1], [0, 0, 0.5, 1]])
+    with pytest.raises(LayoutError, match=r"finite numbers \(got a list too large to show\)"):
+        parse_layout([[10**5000, 0, 1, 1], [0, 0, 0.5, 1]])
+    with pytest.raises(LayoutError, match=r"must be 4 numbers .*\.\.\.\);") as e:
+        parse_layout([list(range(100_000)), [0, 0, 0.5, 1]])
+    assert len(str(e.value)) < 300
+
+
+def test_layout_files_are_bounded(tmp_path) -> None:  # noqa: ANN001
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 30_000 + "]" * 30_000)
+    with pytest.raises(LayoutError, match=r"nested 30000 levels deep"):
+        parse_layout(str(deep))
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 300_000 + b"[[0,0,0.5,1],[0.5,0,1,1]]")
+    with pytest.raises(LayoutError, match=r"big\.json is 300025 bytes; a layout is two boxes"):
+        parse_layout(str(big))
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))
+    with pytest.raises(LayoutError, match=r"photo\.jpg is not UTF-8 text"):
+        parse_layout(str(binary))
+    good = tmp_path / "good.json"
+    good.write_text("[[0,0,0.5,1],[0.5,0,1,1]]")
+    assert parse_layout(str(good)).person_b == (0.5, 0.0, 1.0, 1.0)

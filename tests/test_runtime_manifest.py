@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from bundle_edits import dynamic_axes
 from runtime_fixtures import component_io, write_fake_bundle
 
 from dhumandiff.errors import BundleError
@@ -348,3 +349,235 @@ def test_contract_helper_matches_required_components() -> None:
     for name, (ins, outs) in COMPONENT_IO.items():
         assert list(component_io()[name][0]) == list(ins), name
         assert list(component_io()[name][1]) == list(outs), name
+
+
+# ------------------------------------------------------------------- only regular files, every loaded byte hashed
+
+
+def _to_package(root: Path, files: dict[str, bytes | None]) -> None:
+    """Make the unet of a Core ML bundle the folder ``unet.mlpackage`` holding ``files`` (None: a sub-folder)."""
+    pkg = root / "unet.mlpackage"
+    pkg.mkdir()
+    for rel, data in files.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).mkdir() if data is None else (pkg / rel).write_bytes(data)
+
+    def edit(d: dict[str, Any]) -> None:
+        u = d["components"]["unet"]
+        u["file"], u["extra_files"] = "unet.mlpackage", []
+        u["sha256"] = {f"unet.mlpackage/{rel}": "0" * 64 for rel, data in files.items() if data is not None}
+
+    _edit(root, edit)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("digests", ["kept", "emptied"])
+def test_refuses_a_component_that_is_a_fifo(bundle: Path, digests: str) -> None:
+    """A FIFO is never opened (a read would wait forever), whether or not bundle.json lists a digest for it."""
+    (bundle / "vae_decoder.onnx").unlink()
+    os.mkfifo(bundle / "vae_decoder.onnx")
+    if digests == "emptied":
+        _edit(bundle, lambda d: d["components"]["vae_decoder"].update(sha256={}))
+    for verify in (True, False):
+        _refused(bundle, r"^bundle file vae_decoder\.onnx \(components\.vae_decoder\.file\) is not a regular file",
+                 verify=verify)
+
+
+@pytest.mark.timeout(60)
+def test_refuses_a_tokenizer_or_bundle_json_that_is_a_fifo(bundle: Path) -> None:
+    (bundle / "tokenizer.json").unlink()
+    os.mkfifo(bundle / "tokenizer.json")
+    _refused(bundle, r"bundle file tokenizer\.json \(tokenizer\.file\) is not a regular file")
+    (bundle / "bundle.json").unlink()
+    os.mkfifo(bundle / "bundle.json")
+    for path in (bundle, bundle / "bundle.json"):
+        _refused(path, r"bundle\.json is not a regular file")
+
+
+def test_refuses_a_graph_that_is_a_folder_outside_core_ml(bundle: Path) -> None:
+    """Only Core ML graphs are folders: an onnx component whose file is a folder (even with every file inside
+    hashed) cannot run, and neither can one with nothing to hash."""
+    (bundle / "vae_decoder.onnx").unlink()
+    (bundle / "vae_decoder.onnx").mkdir()
+    _edit(bundle, lambda d: d["components"]["vae_decoder"].update(sha256={}))
+    _refused(bundle, r"components\.vae_decoder\.file 'vae_decoder\.onnx' is a folder; only Core ML bundles")
+    (bundle / "vae_decoder.onnx" / "model.onnx").write_bytes(b"x")
+    _edit(bundle, lambda d: d["components"]["vae_decoder"].update(
+        sha256=component_digests(bundle, ["vae_decoder.onnx"])))
+    _refused(bundle, r"'vae_decoder\.onnx' is a folder; only Core ML bundles")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("inside,pattern", [
+    ({}, r"components\.unet\.file 'unet\.mlpackage' is an empty folder"),
+    ({"Data": None}, r"components\.unet\.file 'unet\.mlpackage' is an empty folder"),
+    ({"Data/weight.bin": b"w", "fifo": "fifo"}, r"bundle file unet\.mlpackage/fifo .* is not a regular file"),
+    ({"Data/weight.bin": b"w", "linked": "dirlink"}, r"bundle file unet\.mlpackage/linked .* is not a regular file"),
+], ids=["empty", "only-empty-folders", "fifo-inside", "link-to-a-folder-inside"])
+def test_core_ml_packages_hold_only_hashed_files(tmp_path: Path, inside: dict, pattern: str) -> None:
+    root = tmp_path / "b"
+    write_fake_bundle(root, runtime="coreml")
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "weights.bin").write_bytes(b"never hashed")
+    _to_package(root, {k: v for k, v in inside.items() if isinstance(v, bytes) or v is None})
+    for rel, kind in inside.items():
+        if kind == "fifo":
+            os.mkfifo(root / "unet.mlpackage" / rel)
+        elif kind == "dirlink":  # a link to a folder inside the bundle: its files would not be hashed
+            os.symlink(root / "elsewhere", root / "unet.mlpackage" / rel)
+    _refused(root, pattern, verify=False)
+
+
+def _external_data_graph(root: Path, name: str, location: str) -> None:
+    """Re-save ``name``.onnx of a real bundle with its tensors in ``location`` (onnx's own external-data writer)."""
+    import onnx
+
+    model = onnx.load(str(root / f"{name}.onnx"))
+    (root / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(root / f"{name}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+
+
+@pytest.fixture(scope="module")
+def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from runtime_fixtures import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("real") / "b").path
+
+
+def test_refuses_onnx_external_data_the_manifest_does_not_list(real_bundle: Path, tmp_path: Path) -> None:
+    """An ONNX graph reads its external-data file by itself: unlisted, a changed file changed the image while every
+    listed sha256 still matched. It must be in the component's extra_files and sha256."""
+    import shutil
+
+    root = Path(shutil.copytree(real_bundle, tmp_path / "b"))
+    _external_data_graph(root, "unet", "weights/unet.bin")
+    _edit(root, lambda d: d["components"]["unet"].update(sha256=component_digests(root, ["unet.onnx"])))
+    for verify in (True, False):
+        _refused(root, r"components\.unet does not list weights/unet\.bin, but unet\.onnx keeps tensors in it "
+                       r"\(external data\): every file a graph loads must be in its extra_files and sha256",
+                 verify=verify)
+
+    def listed(d: dict[str, Any]) -> None:
+        d["components"]["unet"].update(extra_files=["weights/unet.bin"],
+                                       sha256=component_digests(root, ["unet.onnx", "weights/unet.bin"]))
+
+    _edit(root, listed)
+    assert load_manifest(root).components["unet"].extra_files == ("weights/unet.bin",)
+    with open(root / "weights" / "unet.bin", "r+b") as fh:
+        fh.write(b"\x7f")
+    _refused(root, r"sha256 mismatch for weights/unet\.bin \(component unet\)")
+
+
+def test_refuses_onnx_external_data_outside_the_bundle(real_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(shutil.copytree(real_bundle, tmp_path / "b"))
+    _external_data_graph(root, "vae_decoder", "vae.data")
+    os.replace(root / "vae.data", tmp_path / "vae.data")
+    import onnx
+
+    model = onnx.load(str(root / "vae_decoder.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../vae.data"
+    onnx.save(model, str(root / "vae_decoder.onnx"))
+    _edit(root, lambda d: d["components"]["vae_decoder"].update(
+        sha256=component_digests(root, ["vae_decoder.onnx"])))
+    _refused(root, r"components\.vae_decoder external data '\.\./vae\.data' escapes the bundle folder")
+
+
+def test_onnx_external_data_reader_agrees_with_onnx(tmp_path: Path) -> None:
+    """The torch- and onnx-free reader finds what onnx itself finds: initializers, Constant nodes, subgraphs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    from dhumandiff.contract.bundle import onnx_external_data
+
+    def const(name: str, value: float) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.full((4,), value, np.float32), name)
+
+    then = helper.make_graph([helper.make_node("Add", ["x", "t"], ["y1"])], "then", [],
+                             [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [4])], [const("t", 1.0)])
+    other = helper.make_graph([helper.make_node("Constant", [], ["y2"], value=const("e", 2.0))], "else", [],
+                              [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [4])])
+    nodes = [helper.make_node("Constant", [], ["c"], value=const("c", 3.0)),
+             helper.make_node("Add", ["x", "c"], ["s"]), helper.make_node("If", ["cond"], ["y"], then_branch=then,
+                                                                       else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [const("x", 4.0)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_external_data_of(model, tmp_path / "inline.onnx") == []
+    external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=False, size_threshold=0,
+                                                        convert_attribute=True)
+    theirs = sorted({e.value for t in external_data_helper._get_all_tensors(model)
+                     if external_data_helper.uses_external_data(t) for e in t.external_data if e.key == "location"})
+    assert len(theirs) == 4
+    assert onnx_external_data_of(model, tmp_path / "external.onnx") == theirs
+    (tmp_path / "junk.onnx").write_bytes(b"graph unet")  # not a model: nothing to list (onnxruntime refuses it)
+    assert onnx_external_data(tmp_path / "junk.onnx") is None
+
+
+def onnx_external_data_of(model: Any, path: Path) -> list[str] | None:
+    import onnx
+
+    from dhumandiff.contract.bundle import onnx_external_data
+
+    onnx.save(model, str(path))
+    return onnx_external_data(path)
+
+
+def test_refuses_an_openvino_ir_whose_bin_is_not_listed(tmp_path: Path) -> None:
+    """OpenVINO reads ``unet.bin`` next to ``unet.xml`` by itself: it must be listed and hashed."""
+    root = tmp_path / "ov"
+    write_fake_bundle(root, runtime="openvino")
+    (root / "unet.xml").write_bytes(b"<net/>")
+    (root / "unet.bin").write_bytes(b"weights")
+    _edit(root, lambda d: d["components"]["unet"].update(
+        file="unet.xml", extra_files=[], sha256=component_digests(root, ["unet.xml"])))
+    _refused(root, r"components\.unet does not list unet\.bin, but OpenVINO reads the weights of unet\.xml")
+    _edit(root, lambda d: d["components"]["unet"].update(
+        extra_files=["unet.bin"], sha256=component_digests(root, ["unet.xml", "unet.bin"])))
+    assert load_manifest(root).components["unet"].file == "unet.xml"
+
+
+# ------------------------------------------------------------------------------------------ bundle.json bombs
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[" * 100_000 + "]" * 100_000, r"bundle\.json nests too deep to read"),
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"bundle\.json nests too deep to read"),
+    ('{"format": "dhumandiff-bundle", "x": ' + "[" * 200 + "]" * 200 + "}", r"bundle\.json nests deeper than 64"),
+    ('{"format_version": 1' + "0" * 5000 + "}", r"bundle\.json holds a number too long to read \(Exceeds the limit"),
+], ids=["array-100000-deep", "object-100000-deep", "200-deep-inside-an-object", "5000-digit-number"])
+def test_refuses_json_bombs(bundle: Path, text: str, pattern: str) -> None:
+    (bundle / "bundle.json").write_text(text)
+    _refused(bundle, pattern)
+
+
+def test_refuses_a_bundle_json_over_16_mb_without_reading_it_all(bundle: Path) -> None:
+    with open(bundle / "bundle.json", "a") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MB of NUL bytes after the JSON
+    _refused(bundle, r"bundle\.json is over 16 MB \(a bundle\.json is a few kB\)")
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda d: d.update(image_size=[1_000_000, 1_000_000]), r"'image_size' must be .* each side <= 8192 "
+                                                            r"\(got \[1000000, 1000000\]\)"),
+    (lambda d: d["tokenizer"].update(max_length=10**9), r"'tokenizer\.max_length' must be an integer >= 3 and <= 4096"),
+    (lambda d: d["latent"].update(channels=100_000), r"'latent\.channels' must be an integer >= 1 and <= 64"),
+    (lambda d: d.update(image_size=[8192, 8192]) or d["latent"].update(downscale=1),
+     r"the latent grid .* holds 268,435,456 values, over the 16,777,216"),
+    (lambda d: d["identity"].update(clip_size=10**6), r"'identity\.clip_size' must be an integer >= 1 and <= 2048"),
+    (lambda d: d["identity"].update(num_id_tokens=10**8),
+     r"'identity\.num_id_tokens' must be an integer >= 1 and <= 1024"),
+    (lambda d: d["tokenizer"].update(pad_token_id=10**30), r"'tokenizer\.pad_token_id' must be an integer >= 0 and "
+                                                           r"<= 2147483647 \(got 1000000000000000000000000000000\)"),
+], ids=["image-size", "max-length", "latent-channels", "latent-grid", "clip-size", "id-tokens", "token-id"])
+def test_refuses_sizes_that_would_allocate_too_much(bundle: Path, edit: Callable[[dict[str, Any]], Any],
+                                                    pattern: str) -> None:
+    _edit(bundle, lambda d: (dynamic_axes(d), edit(d)))
+    msg = _refused(bundle, pattern)
+    assert "re-export" in msg and len(msg) < 300

@@ -86,11 +86,55 @@ def test_person_word_beyond_the_window(tok: PromptTokenizer) -> None:
             tok.find_person_positions(prompt)
 
 
+def test_prompt_length_is_bounded(tok: PromptTokenizer) -> None:
+    """Tokenising costs time in proportion to the prompt: one of megabytes is refused before it is tokenised."""
+    prompt = "a man and a woman " + "on the beach " * 100_000
+    with pytest.raises(PromptError, match=r"prompt is 1300018 characters long; .*at most 10000 characters"):
+        tok.find_person_positions(prompt)
+    with pytest.raises(PromptError, match=r"at most 10000 characters"):
+        tok.encode(prompt)  # the negative prompt takes this door
+
+
 def test_unreadable_tokenizer_is_a_bundle_error(tmp_path: Path) -> None:
     f = tmp_path / "tokenizer.json"
     f.write_text("{}")
     with pytest.raises(BundleError, match=r"cannot read tokenizer .*re-export"):
         PromptTokenizer(f)
+
+
+def _word_level(path: Path, vocab: dict[str, int], unk: str = "<unk>") -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "vocab,pattern",
+    [
+        ({}, r"has an empty vocabulary"),
+        ({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4, "beach": 5}, r"knows none of the person words .*map "
+                                                                            r"to its unknown token or to nothing"),
+        ({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "man": 4}, r"knows only one of the person words"),
+        ({"<pad>": 0, "<s>": 1, "a": 2, "man": 3, "woman": 4}, r"cannot encode the person word 'boy' \(WordLevel"),
+        ({"<pad>": 0, "<unk>": 1}, r"has 2 tokens, fewer than its special token ids \{'eos': 2\} need"),
+    ],
+    ids=["empty", "person-words-unknown", "one-person-word", "unknown-token-missing", "specials-beyond-vocab"],
+)
+def test_unusable_tokenizer_is_refused_when_loaded(tmp_path: Path, vocab: dict, pattern: str) -> None:
+    """A replaced tokenizer.json that parses but cannot serve the model: a BundleError when the bundle loads
+    (exit 10, "unusable"), not a misleading "person word" refusal of every prompt later, nor a library crash."""
+    f = _word_level(tmp_path / "tokenizer.json", vocab)
+    with pytest.raises(BundleError, match=pattern) as e:
+        PromptTokenizer(f, 77, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    assert "tokenizer file is unusable; copy the bundle again or re-export it" in str(e.value)
+
+
+def test_tokenizer_with_person_words_loads(tmp_path: Path) -> None:
+    f = _word_level(tmp_path / "tokenizer.json", {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "man": 4, "woman": 5})
+    assert PromptTokenizer(f, 77, 0, 1, 2).find_person_positions("man woman") == [1, 2]
 
 
 def test_padded_hf_tokenizer_json_matches_the_reference(tmp_path: Path) -> None:

@@ -44,11 +44,13 @@ def pipeline_job(chosen: dict[str, dict[str, Any]], cache: Path, steps: int) -> 
     """What :func:`run_image` is given for the estimate's chosen rows (``file``: graph path relative to the sd15
     cache)."""
     with np.load(cache / "reference.npz") as ref:
-        outputs = {c: sorted({k.split("/", 1)[1] for k in ref.files if k.split("/", 1)[0] == c}) for c in chosen}
+        # output name -> rank (the adapter checks each graph's outputs against it; sizes stay dynamic)
+        outputs = {c: {k.split("/", 1)[1]: ref[k].ndim for k in sorted(ref.files) if k.split("/", 1)[0] == c}
+                   for c in chosen}
     comps = {}
     for comp, row in chosen.items():
         comps[comp] = {"file": str(cache / row["file"]), "precision": _precision(row), "label": row["label"],
-                       "batch": row.get("batch") or 1, "outputs": outputs.get(comp) or ["sample"]}
+                       "batch": row.get("batch") or 1, "outputs": outputs.get(comp) or {"sample": 4}}
     return {"components": comps, "inputs": str(cache / "inputs.npz"), "steps": steps}
 
 
@@ -87,7 +89,8 @@ def run_image(job: dict[str, Any]) -> dict[str, Any]:
         spec = ComponentSpec(comp, path.name, (), {},
                              {n: TensorSpec(tuple(a.shape), "int64" if a.dtype == np.int64 else "float32")
                               for n, a in feeds[comp].items()},
-                             {n: TensorSpec((), "float32") for n in c["outputs"]})
+                             {n: TensorSpec(tuple(f"d{i}" for i in range(rank)), "float32")
+                              for n, rank in c["outputs"].items()})
         runners[comp] = OpenVINORunner({comp: spec}, path.parent, precision=c["precision"],
                                        num_threads=job.get("threads"))
     calls = {c: (PERSONS if c in PHASES[0] else int(job["steps"]) if c == "unet" else 1) for c in comps}

@@ -36,6 +36,7 @@ from ..errors import FaceNotFoundError, MultipleFacesError
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.face_inputs import prepare_face
 from ..contract.faces.base import Face, FaceAnalyzer, l2_normalize
+from ..contract.recipe import Recipe
 from ..contract.faces.world_detect import WorldAttributeReader, WorldFaceDetector
 from ..model.faces.world import face_crop
 from ..model.generate import default_analyzer
@@ -56,6 +57,8 @@ class EvalSetting:
     steps: int | None = None
     guidance: float | None = None
     sampler: str | None = None
+    #: conditioning recipe (None: the model's own); see ``contract/recipe.py``
+    recipe: Recipe | None = None
 
 
 @dataclass
@@ -190,6 +193,7 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
         analyzer = model_analyzers[id(st.model)]
         sampler = ReferenceSampler(model)
         cfg = model.config
+        recipe = st.recipe or cfg.conditioning
         steps = st.steps or cfg.defaults.get("steps", 30)
         guidance = cfg.defaults.get("guidance_scale", 3.0) if st.guidance is None else st.guidance
         rows, outputs, sheets = [], [], []
@@ -198,13 +202,13 @@ def evaluate(settings: list[EvalSetting], data_dir: str | Path, evaluator: FaceA
             refs = references[k]
             ref_imgs = [load_rgb(p) for p in refs]
             faces = tuple(prepare_face(analyzer, im, cfg.face_size, cfg.clip_size, cfg.clip_mean, cfg.clip_std,
-                                       name=str(p)) for im, p in zip(ref_imgs, refs))
+                                       name=str(p), clip_input=recipe.clip_input) for im, p in zip(ref_imgs, refs))
             prompt = it["caption"]
             ids, pos = person_positions(model.tokenizer.backend_tokenizer, prompt)
             boxes = it["boxes"].numpy()
             t0 = time.perf_counter()
             out = sampler.sample(faces, torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], boxes, steps=steps,
-                                 seed=seed + k, guidance=guidance, mode=st.mode, sampler=st.sampler)
+                                 seed=seed + k, guidance=guidance, mode=st.mode, sampler=st.sampler, recipe=recipe)
             t_total += time.perf_counter() - t0
             passes = out.unet_passes
             img = np.asarray(image01_to_pil(out.image.numpy()))

@@ -267,7 +267,7 @@ def component_parity(manifest: Any, model: DHumanDiff, runner: Any, budget: dict
     results = []
     batch = manifest.unet_batch
     for name in manifest.components:
-        spec = get_spec(name)
+        spec = get_spec(name, model)
         example = spec.example(model, batch, seed)
         reference = torch_outputs(spec, spec.build(model).eval(), example)
         got = runner.run(name, {k: v.numpy() for k, v in example.items()})
@@ -301,14 +301,18 @@ def _face_input(model: DHumanDiff, image: Any, identity: Any):
     """One person's reference conditioning from the runtime's own preprocessing of the same photo."""
     from ..model.face_inputs import FaceInput
     from ..contract.faces.crop import FaceCropper
-    from ..contract.images import preprocess_clip, preprocess_face, square_resize, to_rgb
+    from ..contract.images import preprocess_clip, preprocess_clip_photo, preprocess_face, square_resize, to_rgb
 
     cfg = model.config
+    photo = image
     image = FaceCropper(identity)(image)  # the bundle's detector and crop, as the runtime applies them
     face = preprocess_face(image, cfg.face_size, identity.arcface_mean, identity.arcface_std)
     with torch.no_grad():
         emb = get_spec("identity_encoder").build(model).eval()(torch.from_numpy(face))[0].numpy()
-    clip = preprocess_clip(image, cfg.clip_size, cfg.clip_mean, cfg.clip_std)[0]
+    if cfg.conditioning.clip_input == "photo":  # the official recipe: CLIP sees the whole photo
+        clip = preprocess_clip_photo(photo, cfg.clip_size, cfg.clip_mean, cfg.clip_std)[0]
+    else:
+        clip = preprocess_clip(image, cfg.clip_size, cfg.clip_mean, cfg.clip_std)[0]
     crop = np.asarray(square_resize(to_rgb(image), cfg.face_size))
     return FaceInput(crop=crop, id_embedding=emb.astype(np.float32), clip_pixels=clip,
                      bbox=(0.0, 0.0, float(crop.shape[1]), float(crop.shape[0])))

@@ -30,7 +30,7 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Same seed -> the same image."),
     guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     ip_scale: float = typer.Option(None, "--ip-scale", help="Identity strength."),
-    mode: str = typer.Option("single", "--mode", help="single (layout masks, one pass) or cascade (paper's two-stage)."),
+    mode: str = typer.Option("single", "--mode", help="single (one pass) or cascade (the paper's two stages)."),
     layout: str = typer.Option("auto", "--layout", help="'auto' or JSON [[x0,y0,x1,y1],[x0,y0,x1,y1]] (0..1) or a JSON file."),
     face_index_a: int = typer.Option(None, "--face-index-a", "--face-index", help="Pick a face when photo a shows several (0 = largest)."),
     face_index_b: int = typer.Option(None, "--face-index-b", help="Pick a face when photo b shows several (0 = largest)."),
@@ -39,6 +39,9 @@ def generate(
     vae_precision: str = typer.Option(None, "--vae-precision", help="fp32 (fixes an fp16 VAE overflow) or fp16 (PyTorch model only)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Bundles: hold one graph in memory at a time (peak = the largest graph; slower)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (never an input photo)."),
+    negative_prompt: str = typer.Option(None, "--negative-prompt", help="What CFG steers away from (default: the model's recipe: '' for dhumandiff models, the official negative prompt for converted ones)."),
+    region_masks: bool = typer.Option(None, "--region-masks/--no-region-masks", help="Gate each identity to its layout box (default: the recipe's; official-faithful models have none)."),
+    cascade_mask: str = typer.Option(None, "--cascade-mask", help="Cascade stage-1 mask: official, two-person (the official recipe with person 2's map) or attention-mass (default: the recipe's)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
     from ..errors import PromptError, SettingsError
@@ -58,14 +61,16 @@ def generate(
 
         if model is not None:
             raise SettingsError("give --model (PyTorch reference) or --bundle (exported), not both")
-        if mode != "single":
-            raise SettingsError(f"bundles run --mode single only (got {mode!r}); use the PyTorch model (--model) "
+        if mode != "single" or cascade_mask is not None:
+            raise SettingsError(f"bundles run --mode single only (got --mode {mode!r}"
+                                f"{' --cascade-mask' if cascade_mask else ''}); use the PyTorch model (--model) "
                                 "for the cascade")
         gen = load_bundle(bundle, device=device, runtime=runtime, low_memory=low_memory)
         with progress_bar("generating") as update:
             res = gen(face_a, face_b, prompt, steps=steps, guidance_scale=guidance, ip_scale=ip_scale, seed=seed,
                       layout=layout, sampler=sampler, person_words=words, face_index_a=face_index_a,
-                      face_index_b=face_index_b, vae_precision=vae_precision, progress=lambda i, n: update(i, n))
+                      face_index_b=face_index_b, vae_precision=vae_precision, negative_prompt=negative_prompt,
+                      region_masks=region_masks, progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     else:
         from ..model.generate import generate_portrait, load_model
@@ -77,7 +82,9 @@ def generate(
             res = generate_portrait(m, face_a, face_b, prompt, steps=steps, seed=seed, guidance=guidance,
                                     ip_scale=ip_scale, mode=mode, layout=layout, face_index_a=face_index_a,
                                     face_index_b=face_index_b, person_words=words, sampler=sampler,
-                                    vae_precision=vae_precision, progress=lambda i, n: update(i, n))
+                                    vae_precision=vae_precision, negative_prompt=negative_prompt,
+                                    region_masks=region_masks, cascade_mask=cascade_mask,
+                                    progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     console.print(f"wrote {out} in {time.time() - t0:.1f} s")
 

@@ -2,12 +2,14 @@
 
 Binds 127.0.0.1 by default: a kiosk is meant to be reached from the screen it runs on (or through a reverse
 proxy that adds TLS and access control). ``--port 0`` picks a free port; the first line on stdout is the URL.
+Listening beyond loopback, the kiosk needs an access token (``--token``, or one generated and printed at start).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -35,36 +37,36 @@ def serve(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, gpu, npu (runtime dependent)."),
     threads: int = typer.Option(None, "--threads", help="Runtime intra-op threads (default: the runtime's)."),
     title: str = typer.Option("dhumandiff kiosk", "--title", help="Page title."),
+    token: str = typer.Option(None, "--token", envvar="DHUMANDIFF_KIOSK_TOKEN", show_envvar=True,
+                              help="Access token (16+ letters, digits, . _ ~ -) every API call must carry; "
+                                   "generated and printed when --host is not loopback and none is given."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Another name guests reach the kiosk by "
+                                           "(repeatable); requests for any other Host are refused."),
 ) -> None:
-    """Run the kiosk: an upload page and an HTTP API over BUNDLE, one generation at a time."""
+    """Run the kiosk: an upload page and an HTTP API over BUNDLE, one generation at a time.
+
+    It answers only requests addressed to its own names (localhost, 127.0.0.1, [::1], --host, this machine's
+    hostname, --allowed-host) and only uploads from its own page (a cross-site POST gets 403). Listening beyond
+    loopback (--host 0.0.0.0), it needs an access token: open the printed link http://HOST:PORT/?token=TOKEN on
+    the guests' screen (the page keeps the token for the session); API clients send the header
+    "X-Kiosk-Token: TOKEN" (or "Authorization: Bearer TOKEN"); without it the API answers 401.
+    """
     from ..errors import DHumanDiffError, RuntimeUnavailableError
 
     try:
-        import uvicorn
-
         from ..serve.app import KioskSettings, create_app
+        from ..serve.server import KioskUvicorn
     except ImportError as exc:
         raise RuntimeUnavailableError(f"the kiosk needs the serve extra ({exc.name} is missing): "
                                       "pip install 'dhumandiff[serve]'") from None
-    for ok, what in ((queue >= 0, f"--queue must be 0 or more (got {queue})"),
-                     (0 <= port <= 65535, f"--port must be 0..65535 (got {port})"),
-                     (max_upload_mb > 0, f"--max-upload-mb must be positive (got {max_upload_mb})"),
-                     (max_pixels > 0, f"--max-pixels must be positive (got {max_pixels})"),
-                     (steps is None or steps >= 1, f"--steps must be 1 or more (got {steps})")):
-        if not ok:
-            raise DHumanDiffError(what)
-    if keep_dir is not None:  # refused at start-up, not discovered guest by guest
-        try:
-            keep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DHumanDiffError(f"--keep-dir {keep_dir} cannot be created ({exc.strerror or exc}); choose a "
-                                  "writable folder") from None
-        if not os.access(keep_dir, os.W_OK | os.X_OK):
-            raise DHumanDiffError(f"--keep-dir {keep_dir} is not writable; choose a writable folder")
-
+    if not 0 <= port <= 65535:
+        raise DHumanDiffError(f"--port must be 0..65535 (got {port})")
+    token = resolve_token(host, token)
     settings = KioskSettings(queue=queue, max_upload_mb=max_upload_mb, max_pixels=max_pixels, keep_dir=keep_dir,
-                             steps=steps, title=title)
+                             steps=steps, title=title, allowed_hosts=(host, *allowed_host), token=token)
     app = create_app(bundle, settings, device=device, runtime=runtime, num_threads=threads)
+    if keep_dir is not None:  # refused at start-up, not discovered guest by guest
+        _check_keep_dir(keep_dir)
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -80,12 +82,36 @@ def serve(
     m = app.state.generator.manifest
     console.print(f"kiosk on http://{shown}:{bound}/  ({m.model_name}, {m.runtime}; queue {queue}; Ctrl+C stops)",
                   highlight=False, soft_wrap=True)
+    if token is not None:
+        name = socket.gethostname() if host in ("0.0.0.0", "::") else shown
+        console.print(f"access token: open http://{name}:{bound}/?token={token} on the guests' screen (the page "
+                      f"keeps it); API clients send the header \"X-Kiosk-Token: {token}\"", highlight=False,
+                      soft_wrap=True)
     console.file.flush()
     if not _is_loopback(host):
-        err_console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use "
-                          "the kiosk; put it behind a proxy with TLS and access control", highlight=False)
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+        err_console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine and has the "
+                          "access token can use the kiosk, over plain HTTP; put it behind a proxy with TLS",
+                          highlight=False)
+    KioskUvicorn(app).run(sockets=[sock])
+
+
+def _check_keep_dir(keep_dir: Path) -> None:
+    from ..errors import DHumanDiffError
+
+    try:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DHumanDiffError(f"--keep-dir {keep_dir} cannot be created ({exc.strerror or exc}); choose a "
+                              "writable folder") from None
+    if not os.access(keep_dir, os.W_OK | os.X_OK):
+        raise DHumanDiffError(f"--keep-dir {keep_dir} is not writable; choose a writable folder")
+
+
+def resolve_token(host: str, token: str | None) -> str | None:
+    """The kiosk's access token: ``--token`` if given, else a fresh one when ``host`` is not loopback."""
+    if token is not None or _is_loopback(host):
+        return token
+    return secrets.token_urlsafe(18)
 
 
 def _is_loopback(host: str) -> bool:

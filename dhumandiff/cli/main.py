@@ -1,14 +1,17 @@
 """The ``dhumandiff`` command line: typer + rich, one sub-command per pipeline stage.
 
 User mistakes surface as one line on stderr and the error's documented exit code (README 'Exit codes'), never
-a traceback. Heavy imports (torch, exporters) happen inside the commands so ``dhumandiff --help`` and the
-torch-free commands (``generate --bundle``, ``doctor``) start fast and work without torch installed.
+a traceback. Every error line is escaped by :func:`printable` (a file name holding a newline or an ANSI escape is
+shown as ``\\n`` / ``\\x1b``, never cut or sent raw to the terminal). Heavy imports (torch, exporters) happen
+inside the commands so ``dhumandiff --help`` and the torch-free commands (``generate --bundle``, ``doctor``) start
+fast and work without torch installed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 import warnings
 
 import typer
@@ -31,6 +34,39 @@ commands_serve.register(app)
 app.add_typer(commands_data.data_app, name="data")
 
 
+#: Longest error or warning line printed, in characters (a message quoting a huge input stays readable).
+MAX_LINE_CHARS = 2000
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_JOINERS = ("\u200c", "\u200d")  # zero-width (non-)joiners: part of ordinary text in several scripts and emoji
+
+
+def printable(text: str) -> str:
+    """``text`` as one safe terminal line: control and format characters (newlines, ESC, bidi overrides), line
+    separators and undecodable file-name bytes are escaped repr-style (``\\n``, ``\\x1b``, ``\\u202e``, ``\\xff``);
+    ordinary unicode (accents, CJK, emoji) is kept. Cut to :data:`MAX_LINE_CHARS`."""
+    if len(text) > MAX_LINE_CHARS:
+        text = f"{text[:MAX_LINE_CHARS]}... ({len(text) - MAX_LINE_CHARS} more characters)"
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if ch in _JOINERS or not (category in ("Cc", "Cf", "Cs", "Zl", "Zp")):
+        return ch
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a file-name byte that is not UTF-8, as Python's surrogateescape carries it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
+def _error_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app and maps DHumanDiffError to one line + exit code.
 
@@ -43,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    err_console.print(f"[yellow]warning:[/] {escape(str(message).splitlines()[0])}", highlight=False, soft_wrap=True)
+    first = (str(message).splitlines() or [""])[0]  # libraries' warnings run on for lines: their first says it
+    err_console.print(f"[yellow]warning:[/] {escape(printable(first))}", highlight=False, soft_wrap=True)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -53,10 +90,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except DHumanDiffError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0])}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         return exc.exit_code
     except FileExistsError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         return 2
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -17,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import mmap
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Mapping
 
 from dhumandiff.contract import schedulers
+from dhumandiff.contract.recipe import NEGATIVE_TEXT_OUTPUT, Recipe, project_recipe
 from dhumandiff.contract.registry import RUNTIMES
-from dhumandiff.errors import BundleError
+from dhumandiff.errors import BundleError, SettingsError
 from dhumandiff.utils.atomic import sha256_file, write_text_atomic
 
 FORMAT = "dhumandiff-bundle"
@@ -62,6 +65,18 @@ def component_io(name: str, sdxl: bool = False) -> tuple[tuple[str, ...], tuple[
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REEXPORT = "re-export the bundle with `dhumandiff export`"
+
+# Upper bounds of what a bundle.json may ask for, checked before anything is allocated from it: a tampered or
+# hand-edited manifest must not make a runtime allocate hundreds of GB. A real bundle.json is ~10 kB, 6 deep.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_JSON_DEPTH = 64
+MAX_IMAGE_SIDE = 8192  #: image_size [height, width], pixels
+MAX_LATENT_VALUES = 1 << 24  #: latent.channels x latent height x latent width (a 64 MB float32 tensor)
+MAX_LATENT_CHANNELS = 64
+MAX_PREPROCESS_SIDE = 2048  #: identity.face_size and identity.clip_size, pixels
+MAX_ID_TOKENS = 1024  #: identity.num_id_tokens
+MAX_TOKENS = 4096  #: tokenizer max_length
+MAX_TOKEN_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False)
+    #: The conditioning recipe (``recipe.py``); bundles written before it existed used the project's own.
+    recipe: Recipe = field(default_factory=lambda: project_recipe(-1))
 
     @property
     def unet_batch(self) -> int:
@@ -212,6 +229,7 @@ class Manifest:
             d["budget"] = dataclasses.asdict(self.budget)
         if self.created_by is not None:
             d["created_by"] = self.created_by
+        d["recipe"] = self.recipe.to_dict()
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -252,12 +270,20 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _int(d: Mapping[str, Any], key: str, where: str = "", minimum: int | None = 1) -> int:
+def _int(d: Mapping[str, Any], key: str, where: str = "", minimum: int | None = 1, maximum: int | None = None) -> int:
     v = _get(d, key, where)
-    if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+    if (isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum)
+            or (maximum is not None and v > maximum)):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise _fail(f"bundle.json: '{_join(where, key)}' must be an integer{bound} (got {v!r}); {_REEXPORT}")
+        bound += f"{' and' if bound else ''} <= {maximum}" if maximum is not None else ""
+        raise _fail(f"bundle.json: '{_join(where, key)}' must be an integer{bound} (got {_short(v)}); {_REEXPORT}")
     return v
+
+
+def _short(v: Any) -> str:
+    """``repr`` of a manifest value, cut so that a refusal stays one short line."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _float(d: Mapping[str, Any], key: str, where: str = "", positive: bool = False) -> float:
@@ -287,6 +313,18 @@ def _obj(d: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:
     if not isinstance(v, Mapping):
         raise _fail(f"bundle.json: '{_join(where, key)}' must be an object; {_REEXPORT}")
     return v
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether objects / lists nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, Mapping) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (Mapping, list)))
+    return False
 
 
 def _floats(d: Mapping[str, Any], key: str, where: str, n: int, positive: bool = False) -> tuple[float, ...]:
@@ -324,10 +362,10 @@ def _tokenizer(d: Mapping[str, Any], where: str) -> TokenizerSpec:
         raise _fail(f"bundle.json: '{where}.sha256' must be 64 lowercase hex digits; {_REEXPORT}")
     spec = TokenizerSpec(
         file=_str(d, "file", where),
-        max_length=_int(d, "max_length", where, minimum=3),
-        pad_token_id=_int(d, "pad_token_id", where, minimum=0),
-        bos_token_id=_int(d, "bos_token_id", where, minimum=0),
-        eos_token_id=_int(d, "eos_token_id", where, minimum=0),
+        max_length=_int(d, "max_length", where, minimum=3, maximum=MAX_TOKENS),
+        pad_token_id=_int(d, "pad_token_id", where, minimum=0, maximum=MAX_TOKEN_ID),
+        bos_token_id=_int(d, "bos_token_id", where, minimum=0, maximum=MAX_TOKEN_ID),
+        eos_token_id=_int(d, "eos_token_id", where, minimum=0, maximum=MAX_TOKEN_ID),
         sha256=sha,
     )
     return spec
@@ -356,6 +394,9 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
     """Validate a parsed ``bundle.json`` (no file checks). ``runtime`` is the runtime the caller will use."""
     if not isinstance(d, Mapping):
         raise _fail("bundle.json must hold a JSON object; this is not a dhumandiff bundle")
+    if _too_deep(d, MAX_JSON_DEPTH):
+        raise _fail(f"bundle.json nests deeper than {MAX_JSON_DEPTH} levels (a bundle's is 6): it is damaged or not "
+                    f"a dhumandiff bundle; {_REEXPORT}")
     fmt = d.get("format")
     if fmt != FORMAT:
         raise _fail(
@@ -382,19 +423,27 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
 
     image = _get(d, "image_size", "")
     if not (isinstance(image, list) and len(image) == 2 and all(
-        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in image
+        isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_IMAGE_SIDE for x in image
     )):
-        raise _fail(f"bundle.json: 'image_size' must be [height, width] in pixels (got {image!r}); {_REEXPORT}")
+        raise _fail(f"bundle.json: 'image_size' must be [height, width] in pixels, each side <= {MAX_IMAGE_SIDE} "
+                    f"(got {_short(image)}); {_REEXPORT}")
 
     lat = _obj(d, "latent")
     latent = LatentSpec(
-        channels=_int(lat, "channels", "latent"),
-        downscale=_int(lat, "downscale", "latent"),
+        channels=_int(lat, "channels", "latent", maximum=MAX_LATENT_CHANNELS),
+        downscale=_int(lat, "downscale", "latent", maximum=MAX_IMAGE_SIDE),
         scaling_factor=_float(lat, "scaling_factor", "latent", positive=True),
     )
     if image[0] % latent.downscale or image[1] % latent.downscale:
         raise _fail(
             f"bundle.json: image_size {image} is not divisible by latent.downscale {latent.downscale}; {_REEXPORT}"
+        )
+    values = latent.channels * (image[0] // latent.downscale) * (image[1] // latent.downscale)
+    if values > MAX_LATENT_VALUES:
+        raise _fail(
+            f"bundle.json: the latent grid (latent.channels {latent.channels} x image_size {image} / latent.downscale "
+            f"{latent.downscale}) holds {values:,} values, over the {MAX_LATENT_VALUES:,} this dhumandiff runs; "
+            f"{_REEXPORT}"
         )
 
     sched = dict(_obj(d, "scheduler"))
@@ -410,9 +459,9 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
 
     ident = _obj(d, "identity")
     identity = IdentitySpec(
-        num_id_tokens=_int(ident, "num_id_tokens", "identity"),
-        face_size=_int(ident, "face_size", "identity"),
-        clip_size=_int(ident, "clip_size", "identity"),
+        num_id_tokens=_int(ident, "num_id_tokens", "identity", maximum=MAX_ID_TOKENS),
+        face_size=_int(ident, "face_size", "identity", maximum=MAX_PREPROCESS_SIDE),
+        clip_size=_int(ident, "clip_size", "identity", maximum=MAX_PREPROCESS_SIDE),
         clip_mean=_floats(ident, "clip_mean", "identity", 3),  # type: ignore[arg-type]
         clip_std=_floats(ident, "clip_std", "identity", 3, positive=True),  # type: ignore[arg-type]
         arcface_mean=_float(ident, "arcface_mean", "identity"),
@@ -451,10 +500,17 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
 
     comps_raw = _obj(d, "components")
     components = {name: _component(name, spec) for name, spec in comps_raw.items()}
+    recipe = project_recipe(-1)
+    if "recipe" in d:
+        try:
+            recipe = Recipe.from_dict(_obj(d, "recipe"))
+        except SettingsError as exc:
+            raise _fail(f"bundle.json: {exc}; {_REEXPORT}") from None
 
     known = {
         "format", "format_version", "backbone", "runtime", "precision", "model_name", "image_size", "latent",
         "scheduler", "tokenizer", "tokenizer_2", "identity", "defaults", "components", "budget", "created_by",
+        "recipe",
     }
     m = Manifest(
         backbone=_str(d, "backbone"),
@@ -472,6 +528,7 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
         created_by=created_by,
         tokenizer_2=tok2,
         extra={k: v for k, v in d.items() if k not in known},
+        recipe=recipe,
     )
     _check_contract(m)
     return m
@@ -498,6 +555,9 @@ def _check_contract(m: Manifest) -> None:
                 f"{sorted(outs)}; {_REEXPORT}"
             )
 
+    if m.recipe.two_text_layers and NEGATIVE_TEXT_OUTPUT not in m.components["text_encoder"].outputs:
+        raise _fail(f"bundle.json: the {m.recipe.name} recipe encodes the negative prompt from another text-encoder "
+                    f"layer, but text_encoder has no '{NEGATIVE_TEXT_OUTPUT}' output; {_REEXPORT}")
     unet = m.components["unet"]
     b = unet.inputs["sample"].shape[0]
     if isinstance(b, int):
@@ -579,29 +639,173 @@ def _safe_path(root: Path, rel: str, where: str) -> Path:
     return path
 
 
-def _expand(root: Path, rel: str, where: str) -> list[str]:
-    """Files (bundle-relative, POSIX) that make up one manifest entry; a folder expands to its files."""
+def _file_kind(path: Path) -> str:
+    """What ``path`` is, links followed (a link inside the bundle is fine; :func:`_safe_path` refused the others):
+    ``file``, ``folder``, ``missing`` or ``special`` (a FIFO, socket or device: never opened, a read can block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        raise _fail(f"cannot read bundle file {path} ({e}); check the permissions or copy the bundle again") from None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "special"
+
+
+def _not_a_file(rel: str, where: str) -> BundleError:
+    return _fail(f"bundle file {rel} ({where}) is not a regular file (a FIFO, socket or device); a bundle holds "
+                 "only files and folders of files: copy the bundle again")
+
+
+def _expand(root: Path, rel: str, where: str, folders: bool) -> list[str]:
+    """Files (bundle-relative, POSIX) that make up one manifest entry; a folder expands to its files.
+
+    ``folders``: whether this bundle's runtime reads folders (Core ML packages); elsewhere a folder is refused, and
+    inside a folder every entry must be a file or a real sub-folder (a link to a folder would not be hashed).
+    """
     path = _safe_path(root, rel, where)
-    if not path.exists():
+    kind = _file_kind(path)
+    if kind == "missing":
         raise _fail(f"bundle file {rel} is missing from {root} ({where}); copy the whole bundle folder again")
-    if path.is_file():
+    if kind == "special":
+        raise _not_a_file(rel, where)
+    if kind == "file":
         return [PurePosixPath(rel).as_posix()]
+    if not folders:
+        raise _fail(f"bundle.json: {where} {rel!r} is a folder; only Core ML bundles have folder components "
+                    f"(this runtime reads one graph file); {_REEXPORT}")
     files: list[str] = []
-    for dirpath, _dirs, names in os.walk(path, followlinks=False):
-        for n in names:
-            rel_f = (Path(dirpath) / n).relative_to(root).as_posix()
+    for dirpath, dirs, names in os.walk(path, followlinks=False):
+        for n in dirs + names:
+            entry = Path(dirpath) / n
+            rel_f = entry.relative_to(root).as_posix()
             _safe_path(root, rel_f, where)
-            files.append(rel_f)
+            kind = _file_kind(entry)
+            if kind == "file":
+                files.append(rel_f)
+            elif kind != "folder" or entry.is_symlink():
+                raise _not_a_file(rel_f, where)
+    if not files:
+        raise _fail(f"bundle.json: {where} {rel!r} is an empty folder; copy the whole bundle folder again")
     return sorted(files)
 
 
+def _varint(buf: Any, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _proto_fields(buf: Any, i: int, end: int) -> Any:
+    """``(field number, start, end)`` of each length-delimited field of one protobuf message in ``buf[i:end]``
+    (``start`` is the value itself for a varint field); other wire types and groups are skipped, as protobuf
+    skips fields it does not know. Malformed bytes raise ValueError, where protobuf refuses the message too."""
+    groups = 0
+    while i < end:
+        key, i = _varint(buf, i, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, i = _varint(buf, i, end)
+            if not groups:
+                yield number, value, None
+        elif wire == 2:
+            size, i = _varint(buf, i, end)
+            if i + size > end:
+                raise ValueError("truncated field")
+            if not groups:
+                yield number, i, i + size
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 3:
+            groups += 1
+        elif wire == 4 and groups:
+            groups -= 1
+        else:
+            raise ValueError(f"wire type {wire}")
+    if i > end or groups:
+        raise ValueError("truncated message")
+
+
+#: Where an ONNX model (onnx.proto) can hold a TensorProto: message -> {field number: message of that field}.
+_ONNX_TENSOR_PATHS: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+
+
+def onnx_external_data(path: Path) -> list[str] | None:
+    """The ``location`` of every tensor an ONNX graph file keeps outside itself (initializers, constants,
+    subgraphs and functions), read from the protobuf wire format without the onnx package; None when the file is
+    not a readable ONNX model (onnxruntime then refuses it as well)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return None
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        found: list[str] = []
+        stack = [("model", 0, len(buf))]
+        while stack:
+            kind, start, end = stack.pop()
+            if kind == "tensor":
+                external, locations = False, []
+                for number, s, e in _proto_fields(buf, start, end):
+                    if number == 14 and e is None:
+                        external = s == 1  # data_location: EXTERNAL
+                    elif number == 13 and e is not None:
+                        entry = {n: bytes(buf[a:b]) for n, a, b in _proto_fields(buf, s, e) if b is not None}
+                        if entry.get(1) == b"location" and 2 in entry:
+                            locations.append(entry[2].decode("utf-8", "replace"))
+                found += locations if external else []
+                continue
+            children = _ONNX_TENSOR_PATHS[kind]
+            stack += [(children[n], s, e) for n, s, e in _proto_fields(buf, start, end)
+                      if e is not None and n in children]
+        return sorted(set(found))
+    except ValueError:
+        return None
+    finally:
+        buf.close()
+
+
+def graph_side_files(root: Path, comp: ComponentSpec, runtime: str) -> list[tuple[str, str]]:
+    """``(bundle-relative path, why)`` of the files a backend reads beside a component's graph on its own: an
+    ONNX graph's external data (wherever its tensors point), an OpenVINO IR's ``.bin`` next to its ``.xml``."""
+    main = PurePosixPath(comp.file)
+    path = root / comp.file
+    if main.suffix.lower() == ".xml" and runtime == "openvino":
+        weights = main.with_suffix(".bin")
+        found = _file_kind(root / weights) != "missing" or (root / weights).is_symlink()
+        return [(weights.as_posix(), f"OpenVINO reads the weights of {comp.file}")] if found else []
+    if main.suffix.lower() == ".onnx" or runtime == "onnx":
+        locations = onnx_external_data(path) or []
+        return [((main.parent / loc).as_posix(), f"{comp.file} keeps tensors in it (external data)")
+                for loc in locations]
+    return []
+
+
 def verify_files(m: Manifest, root: Path, check_hashes: bool = True) -> None:
-    """Every component file exists inside the bundle and matches its sha256 (streamed; multi-GB is fine)."""
+    """Every file a component loads exists inside the bundle as a regular file, is listed, and matches its sha256
+    (streamed; multi-GB is fine). Listed means in the component's ``file`` / ``extra_files`` and ``sha256``: that
+    includes what a graph reads by itself (ONNX external data, an OpenVINO IR's ``.bin``)."""
     for name, comp in m.components.items():
         covered: list[str] = []
         for i, rel in enumerate((comp.file, *comp.extra_files)):
             where = f"components.{name}.file" if i == 0 else f"components.{name}.extra_files"
-            covered += _expand(root, rel, where)
+            covered += _expand(root, rel, where, folders=m.runtime == "coreml")
         digests = {PurePosixPath(k).as_posix(): v for k, v in comp.sha256.items()}
         for key in digests:
             _safe_path(root, key, f"components.{name}.sha256 key")
@@ -619,12 +823,23 @@ def verify_files(m: Manifest, root: Path, check_hashes: bool = True) -> None:
                     f"sha256 mismatch for {rel} (component {name}): the file is corrupt or was modified; "
                     "copy the bundle again or re-export it"
                 )
+        if _file_kind(root / comp.file) == "file":
+            for rel, why in graph_side_files(root, comp, m.runtime):
+                _safe_path(root, rel, f"components.{name} external data")
+                if PurePosixPath(rel).as_posix() not in covered:
+                    raise _fail(
+                        f"bundle.json: components.{name} does not list {rel}, but {why}: every file a graph loads "
+                        f"must be in its extra_files and sha256; {_REEXPORT}"
+                    )
     for where, tok in (("tokenizer", m.tokenizer), ("tokenizer_2", m.tokenizer_2)):
         if tok is None:
             continue
         path = _safe_path(root, tok.file, f"{where}.file")
-        if not path.is_file():
+        kind = _file_kind(path)
+        if kind == "missing":
             raise _fail(f"bundle file {tok.file} is missing from {root} ({where}.file); copy the whole bundle again")
+        if kind != "file":
+            raise _not_a_file(tok.file, f"{where}.file")
         if check_hashes and tok.sha256 is not None and sha256_file(path) != tok.sha256:
             raise _fail(
                 f"sha256 mismatch for {tok.file} ({where}): the file is corrupt or was modified; "
@@ -638,7 +853,7 @@ def _manifest_file(path: str | os.PathLike) -> tuple[Path, Path]:
         raise _fail(f"no bundle at {p}; pass the folder written by `dhumandiff export`")
     if p.is_dir():
         f = p / MANIFEST_NAME
-        if not f.is_file():
+        if not f.exists():
             raise _fail(
                 f"{p} is not a dhumandiff bundle (no {MANIFEST_NAME}); pass the folder written by `dhumandiff export`"
             )
@@ -648,6 +863,30 @@ def _manifest_file(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.parent, p
 
 
+def _read_manifest(mfile: Path) -> Any:
+    """The parsed JSON of ``bundle.json``: only a regular file, at most 16 MB, numbers and nesting bounded."""
+    kind = _file_kind(mfile)
+    if kind != "file":
+        raise _fail(f"{mfile} is not a regular file; pass the folder written by `dhumandiff export`")
+    try:
+        with open(mfile, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise _fail(f"{mfile} is over {MAX_MANIFEST_BYTES >> 20} MB (a bundle.json is a few kB): it is damaged or "
+                        f"not a dhumandiff bundle; {_REEXPORT}")
+        return json.loads(data.decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise _fail(f"{mfile} is not valid JSON (line {e.lineno}: {e.msg}); {_REEXPORT}") from None
+    except RecursionError:
+        raise _fail(f"{mfile} nests too deep to read (a bundle.json nests about 6 levels): it is damaged or not a "
+                    f"dhumandiff bundle; {_REEXPORT}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(f"cannot read {mfile} ({e}); check the file permissions or copy the bundle again") from None
+    except ValueError as e:  # e.g. an integer over Python's 4300-digit conversion limit
+        raise _fail(f"{mfile} holds a number too long to read ({str(e).partition(':')[0]}): it is damaged or not "
+                    f"a dhumandiff bundle; {_REEXPORT}") from None
+
+
 def load_manifest(path: str | os.PathLike, runtime: str | None = None, verify: bool = True) -> Manifest:
     """Read and validate a bundle (folder or its ``bundle.json``).
 
@@ -655,13 +894,7 @@ def load_manifest(path: str | os.PathLike, runtime: str | None = None, verify: b
     every file (the default; only skip it for a bundle you just verified yourself).
     """
     root, mfile = _manifest_file(path)
-    try:
-        raw = json.loads(mfile.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise _fail(f"{mfile} is not valid JSON (line {e.lineno}: {e.msg}); {_REEXPORT}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _fail(f"cannot read {mfile} ({e}); check the file permissions or copy the bundle again") from None
-    m = manifest_from_dict(raw, runtime=runtime)
+    m = manifest_from_dict(_read_manifest(mfile), runtime=runtime)
     verify_files(m, root, check_hashes=verify)
     return dataclasses.replace(m, root=root)
 

@@ -26,6 +26,12 @@ from dhumandiff.utils import regions
 Box = tuple[float, float, float, float]
 _EXAMPLE = "e.g. --layout '[[0.05,0.1,0.5,0.95],[0.5,0.1,0.95,0.95]]'"
 _TOL = 1e-6
+#: Longest ``--layout`` text or file accepted, in characters (two boxes take under 100).
+MAX_LAYOUT_CHARS = 65_536
+#: Deepest JSON nesting accepted (``[[...],[...]]`` and ``{"person_a": [...]}`` are 2 deep).
+MAX_LAYOUT_DEPTH = 8
+#: Longest integer accepted, in digits (pixel coordinates have a handful).
+MAX_NUMBER_DIGITS = 20
 
 
 @dataclass(frozen=True)
@@ -46,17 +52,36 @@ def automatic_layout() -> Layout:
     return Layout(a, b)  # type: ignore[arg-type]
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a refusal quotes what it got without echoing a megabyte."""
+    head = value[:16] if isinstance(value, (list, tuple)) and len(value) > 16 else value  # never repr it all
+    try:
+        text = repr(head)
+    except ValueError:  # an int past Python's 4300-digit conversion limit
+        return f"a {type(value).__name__} too large to show"
+    return text if head is value and len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite(v: Any) -> float | None:
+    """``v`` as a finite float, or None (not a number, NaN/Inf, or an int too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _as_box(value: Any, who: str) -> Box:
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise LayoutError(f"the box for {who} must be 4 numbers [x0, y0, x1, y1] (got {value!r}); {_EXAMPLE}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-            raise LayoutError(f"the box for {who} must hold finite numbers (got {value!r}); {_EXAMPLE}")
-        out.append(float(v))
-    return (out[0], out[1], out[2], out[3])
+        raise LayoutError(f"the box for {who} must be 4 numbers [x0, y0, x1, y1] (got {_short(value)}); {_EXAMPLE}")
+    out = [_finite(v) for v in value]
+    if any(v is None for v in out):
+        raise LayoutError(f"the box for {who} must hold finite numbers (got {_short(value)}); {_EXAMPLE}")
+    return (out[0], out[1], out[2], out[3])  # type: ignore[return-value]
 
 
 def make_layout(
@@ -169,12 +194,9 @@ def parse_layout(layout: LayoutLike, image_size: tuple[int, int] | None = None) 
         text = os.fspath(layout)
         if text.strip().lower() in ("", "auto", "automatic"):
             return automatic_layout()
-        if not text.lstrip().startswith(("[", "{")) and Path(text).is_file():
-            text = Path(text).read_text()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LayoutError(f"--layout is not valid JSON ({e}); {_EXAMPLE}") from None
+        if not text.lstrip().startswith(("[", "{")) and _is_file(text):
+            text = _read_layout_file(Path(text))
+        data = _loads(text)
     if isinstance(data, np.ndarray):
         data = data.tolist()
     if isinstance(data, Mapping):
@@ -182,8 +204,8 @@ def parse_layout(layout: LayoutLike, image_size: tuple[int, int] | None = None) 
         extra = [k for k in data if k not in ("person_a", "person_b")]
         if missing or extra:
             raise LayoutError(
-                f"--layout object needs exactly the keys person_a and person_b (missing {missing}, unknown {extra}); "
-                f"{_EXAMPLE}"
+                f"--layout object needs exactly the keys person_a and person_b (missing {missing}, unknown "
+                f"{_short(extra)}); {_EXAMPLE}"
             )
         boxes = [data["person_a"], data["person_b"]]
     elif isinstance(data, (list, tuple)):
@@ -192,3 +214,61 @@ def parse_layout(layout: LayoutLike, image_size: tuple[int, int] | None = None) 
         raise LayoutError(f"--layout must be a list of two boxes or an object with person_a/person_b; {_EXAMPLE}")
     return make_layout(boxes, image_size=image_size)
 
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``--layout`` names an existing file (a name too long or holding NUL is not one, not a crash)."""
+    if len(text) > 4096:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _read_layout_file(path: Path) -> str:
+    """The text of a ``--layout`` file, refused (not read) when it is larger than any layout can be."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_LAYOUT_CHARS * 4:  # UTF-8: at most 4 bytes a character
+            raise LayoutError(f"--layout file {path} is {size} bytes; a layout is two boxes (at most "
+                              f"{MAX_LAYOUT_CHARS} characters), {_EXAMPLE}")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise LayoutError(f"--layout file {path} is not UTF-8 text; write the boxes as JSON, {_EXAMPLE}") from None
+    except OSError as e:
+        raise LayoutError(f"cannot read --layout file {path} ({e.strerror or e}); check the file and its "
+                          "permissions") from None
+
+
+def _json_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of ``text`` (brackets inside strings count too: a layout holds no strings)."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    steps = np.zeros(len(codes), np.int64)
+    steps[(codes == ord("[")) | (codes == ord("{"))] = 1
+    steps[(codes == ord("]")) | (codes == ord("}"))] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _parse_int(digits: str) -> int:
+    n = len(digits.lstrip("-"))
+    if n > MAX_NUMBER_DIGITS:
+        raise LayoutError(f"--layout holds a number with {n} digits; coordinates are fractions in [0, 1] or "
+                          f"pixels, {_EXAMPLE}")
+    return int(digits)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` with bounded cost: size, nesting and integer length are refused before they are parsed."""
+    if len(text) > MAX_LAYOUT_CHARS:
+        raise LayoutError(f"--layout is {len(text)} characters long; a layout is two boxes (at most "
+                          f"{MAX_LAYOUT_CHARS} characters), {_EXAMPLE}")
+    depth = _json_depth(text)
+    if depth > MAX_LAYOUT_DEPTH:
+        raise LayoutError(f"--layout is nested {depth} levels deep; a layout is a list of two boxes (2 levels), "
+                          f"{_EXAMPLE}")
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LayoutError(f"--layout is not valid JSON ({detail[:120]}); {_EXAMPLE}") from None

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from ..model.attention import AttentionStore
+from ..model.cascade_mask import attention_mass_mask
 from ..model.dhumandiff_model import DHumanDiff
 from ..model.sampler import ReferenceSampler, make_scheduler
 from ..training.tensors import TrainingTensors, empty_prompt_ids
@@ -102,7 +103,7 @@ class CascadeFolder:
                          self.teacher.time_ids(2 * b), attn_store=store if last else None)
                 u, c = eps.chunk(2)
                 latents = sched.step(u + cfg.guidance_scale * (c - u), t, latents).prev_sample
-            out[idx] = ReferenceSampler.attention_mask(list(store), h, w, per_pass=2)
+            out[idx] = attention_mass_mask(list(store), h, w, per_pass=2)
             if progress:
                 progress(k + 1, len(chunks))
         self.cascade_masks = out

@@ -124,6 +124,7 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
                      "ip_scale": float(defaults.get("ip_scale", 1.0)), "sampler": str(defaults.get("sampler", "ddim")),
                      "cfg": unet_batch(model) == 2},
         "components": {c.name: c.manifest_entry() for c in components},
+        "recipe": cfg.conditioning.to_dict(),
         "budget": budget(precision, tolerances, None if quantization is None else quantized_end_to_end(quantization)),
         "created_by": f"dhumandiff {__version__}",
     }

@@ -226,7 +226,7 @@ class DecompressedRunner:
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .specs import get_spec
 
-        spec = get_spec(component)
+        spec = get_spec(component, self.model)
         names = spec.input_names(self.model)
         value = self.wrappers[component](*[torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names])
         values = value if isinstance(value, (tuple, list)) else (value,)

@@ -259,7 +259,7 @@ def apply_quantization(model: DHumanDiff, root: Path, runtime: str, components: 
     for i, comp in enumerate(targets):
         if progress:
             progress(i, len(targets), f"quantise {comp.name}")
-        spec = get_spec(comp.name)
+        spec = get_spec(comp.name, model)
         module = spec.build(model).eval()
         example = spec.example(model, unet_batch(model), seed)
         samples = None

@@ -12,6 +12,7 @@ shapes let every runtime plan memory once and are what Core ML and NPUs need.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..contract.bundle import component_io
+from ..contract.recipe import NEGATIVE_TEXT_OUTPUT
 from ..errors import DHumanDiffError
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.regions import default_boxes, region_mask
@@ -70,9 +72,16 @@ class ComponentSpec:
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     fp16_keep_fp32: bool = False
     fp16_op_block_list: tuple[str, ...] = NORM_OPS
+    extra_outputs: Callable[[DHumanDiff], tuple[str, ...]] = lambda model: ()
 
     def input_names(self, model: DHumanDiff) -> tuple[str, ...]:
         return self.inputs(model)
+
+    def for_model(self, model: DHumanDiff) -> "ComponentSpec":
+        """This spec with ``model``'s optional outputs appended (the text encoder's negative-prompt layer for a
+        two-layer recipe): every exporter then reads ``outputs`` as that model's graph has them."""
+        extra = self.extra_outputs(model)
+        return dataclasses.replace(self, outputs=self.outputs + extra) if extra else self
 
     def tolerance(self, precision: str) -> Tolerance:
         if precision not in self.tolerances:
@@ -236,7 +245,8 @@ SPECS: dict[str, ComponentSpec] = {
         ComponentSpec(
             name="text_encoder", build=TextEncoderWrapper,
             inputs=_inputs("text_encoder"), outputs=_outputs("text_encoder"),
-            dummy_inputs=_text_inputs),
+            dummy_inputs=_text_inputs,
+            extra_outputs=lambda m: (NEGATIVE_TEXT_OUTPUT,) if m.config.conditioning.two_text_layers else ()),
         ComponentSpec(
             name="text_encoder_2", build=TextEncoder2Wrapper, inputs=_inputs("text_encoder_2"),
             outputs=_outputs("text_encoder_2"), dummy_inputs=_text2_inputs,
@@ -260,10 +270,11 @@ SPECS: dict[str, ComponentSpec] = {
 def components_for(model: DHumanDiff) -> list[ComponentSpec]:
     """The specs a model's bundle needs, in run order (identity encoder only if the model ships one; the
     second text encoder only for xl)."""
-    return [spec for spec in SPECS.values() if spec.applies(model)]
+    return [spec.for_model(model) for spec in SPECS.values() if spec.applies(model)]
 
 
-def get_spec(name: str) -> ComponentSpec:
+def get_spec(name: str, model: DHumanDiff | None = None) -> ComponentSpec:
+    """The spec of component ``name`` (with ``model``'s optional outputs when a model is given)."""
     if name not in SPECS:
         raise DHumanDiffError(f"unknown component {name!r}; choose one of {', '.join(SPECS)}")
-    return SPECS[name]
+    return SPECS[name] if model is None else SPECS[name].for_model(model)

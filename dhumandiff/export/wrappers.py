@@ -71,16 +71,22 @@ class FaceProjectionWrapper(nn.Module):
 class TextEncoderWrapper(nn.Module):
     """``(input_ids [B,77] int64, face_tokens [B,2,F], subject_positions [B,2] int64)`` -> ``prompt_embeds``.
 
-    The subject-augmented encoder: face tokens fused into the person words, ``-1`` positions disable fusion.
+    The subject-augmented encoder: face tokens fused into the person words, ``-1`` positions disable fusion. A
+    recipe whose negative prompt reads another layer (the official one: last layer for the prompt, penultimate for
+    the negative prompt) gets a second output, ``negative_prompt_embeds``, from the same encoder pass.
     """
 
     def __init__(self, model: DHumanDiff) -> None:
         super().__init__()
         self.subject_text = model.subject_text
+        recipe = model.config.conditioning
+        self.layers = ((recipe.text_layer, recipe.uncond_text_layer) if recipe.two_text_layers
+                       else (recipe.text_layer,))
 
     def forward(self, input_ids: torch.Tensor, face_tokens: torch.Tensor,
-                subject_positions: torch.Tensor) -> torch.Tensor:
-        return self.subject_text(input_ids, face_tokens, subject_positions)
+                subject_positions: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.subject_text.layers(input_ids, face_tokens, subject_positions, self.layers)
+        return out if len(out) > 1 else out[0]
 
 
 class TextEncoder2Wrapper(nn.Module):

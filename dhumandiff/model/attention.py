@@ -48,15 +48,19 @@ def resize_region_mask(mask: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 class AttentionStore(list):
-    """Where the ID tokens' attention maps are collected (one ``[B, 2, N]`` tensor per cross-attention layer).
+    """Where the ID tokens' attention maps are collected, one entry per cross-attention layer.
 
-    The cascade sampler reads them detached; the training region loss needs them with their gradients, which
-    ``keep_grad=True`` keeps.
+    ``kind="attention-mass"``: a ``[B, 2, N]`` tensor, each person's share of one softmax over the whole context
+    (the project's cascade mask and the training region loss). ``kind="token-maps"``: a pair of ``[B, N, 16]``
+    tensors, ``query @ softmax_over_tokens(k_ip^T)`` averaged over heads, per person (the official cascade mask;
+    see ``cascade_mask.py``). The cascade sampler reads them detached; the training region loss needs them with
+    their gradients, which ``keep_grad=True`` keeps.
     """
 
-    def __init__(self, keep_grad: bool = False) -> None:
+    def __init__(self, keep_grad: bool = False, kind: str = "attention-mass") -> None:
         super().__init__()
         self.keep_grad = keep_grad
+        self.kind = kind
 
 
 class SelfAttnProcessor(nn.Module):
@@ -115,7 +119,10 @@ class DualIPAttnProcessor(nn.Module):
                                                     _heads(attn.to_v(text), heads)))
         k1, v1 = _heads(self.to_k_ip1(id1), heads), _heads(self.to_v_ip1(id1), heads)
         k2, v2 = _heads(self.to_k_ip2(id2), heads), _heads(self.to_v_ip2(id2), heads)
-        if attn_store is not None:
+        if attn_store is not None and getattr(attn_store, "kind", "attention-mass") == "token-maps":
+            # The official code's map: the query against each key channel's softmax over the person's tokens.
+            attn_store.append(tuple((q @ kk.transpose(-2, -1).softmax(dim=-1)).mean(1).detach() for kk in (k1, k2)))
+        elif attn_store is not None:
             # Cascade stage 1 reads where the ID tokens are attended: softmax over the whole context (text and
             # both persons' tokens, as one attention would see it), mass on each person's tokens, mean over heads.
             kt = _heads(attn.to_k(text), heads)

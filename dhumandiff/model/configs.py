@@ -12,6 +12,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..contract.recipe import Recipe, project_recipe
 from ..errors import DHumanDiffError
 
 
@@ -40,10 +41,19 @@ class BackboneConfig:
     clip_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     scheduler: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # The conditioning recipe (contract/recipe.py) as a dict; None: this project's own for the backbone.
+    recipe: dict[str, Any] | None = None
 
     @property
     def is_xl(self) -> bool:
         return self.text_encoder_2 is not None
+
+    @property
+    def conditioning(self) -> Recipe:
+        """The model's conditioning recipe (``official`` for converted official checkpoints)."""
+        if self.recipe is None:
+            return project_recipe(self.text_hidden_index)
+        return Recipe.from_dict(self.recipe)
 
     @property
     def latent_size(self) -> int:

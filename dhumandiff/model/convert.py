@@ -6,11 +6,13 @@ code converts the real release and the test-sized checkpoints the tests build in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel
 
+from ..contract.recipe import OFFICIAL, OFFICIAL_DEFAULTS
 from ..errors import CheckpointError
 from .configs import BackboneConfig, get_backbone_config
 from .dhumandiff_model import DHumanDiff, strict_load
@@ -65,10 +67,29 @@ def _adapter_configs(adapters: dict) -> tuple[dict, dict, dict]:
     return res_cfg, fp_cfg, mlp_cfg
 
 
+def _official_scheduler(sdxl_dir: Path, fallback: dict) -> dict:
+    """The SDXL folder's own scheduler config (the official pipeline samples with it), else SD's schedule."""
+    path = sdxl_dir / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return dict(fallback)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable scheduler config ({exc}); copy it again from "
+                              f"stable-diffusion-xl-base-1.0") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a scheduler config object; copy it again")
+    return config
+
+
 def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str | Path,
                      image_encoder_dir: str | Path | None = None, overwrite: bool = False,
                      backbone: str = "xl") -> Path:
-    """Build and save a :class:`DHumanDiff` from the official release; every key is matched strictly."""
+    """Build and save a :class:`DHumanDiff` from the official release; every key is matched strictly.
+
+    The model gets the ``official`` conditioning recipe (``contract/recipe.py``) and the official defaults:
+    512 x 512 (a test-sized backbone keeps its smaller native size), the SDXL folder's scheduler sampled as
+    Euler, 50 steps, CFG 5."""
     sdxl_dir, weights_dir = Path(sdxl_dir), Path(weights_dir)
     if not sdxl_dir.is_dir():
         raise CheckpointError(f"SDXL folder {sdxl_dir} not found: pass --sdxl pointing at stable-diffusion-xl-base-1.0")
@@ -100,12 +121,15 @@ def convert_official(sdxl_dir: str | Path, weights_dir: str | Path, out_dir: str
 
     base = get_backbone_config("xl")
     vcfg = vision.config
+    native = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    scheduler, defaults = _official_scheduler(sdxl_dir, base.scheduler), dict(base.defaults)
+    defaults.update({k: v for k, v in OFFICIAL_DEFAULTS.items() if k != "image_size"})
     cfg = BackboneConfig(
-        name=backbone, image_size=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
+        name=backbone, image_size=min(native, OFFICIAL_DEFAULTS["image_size"]),
         unet=_plain(unet.config), vae=_plain(vae.config), text_encoder=_plain(te1.config.to_dict()),
         text_encoder_2=_plain(te2.config.to_dict()), image_encoder=_plain(vcfg.to_dict()), resampler=res_cfg, face_proj=fp_cfg,
         subject_mlp=mlp_cfg, num_id_tokens=res_cfg["num_queries"], text_hidden_index=-2,
-        clip_size=int(vcfg.image_size), scheduler=dict(base.scheduler), defaults=dict(base.defaults))
+        clip_size=int(vcfg.image_size), scheduler=scheduler, defaults=defaults, recipe=OFFICIAL.to_dict())
     model = DHumanDiff(cfg, unet, vae, te1, vision, resampler, face_proj, subject_mlp, tok1, te2, tok2)
     model.load_ip_state_dict(adapters["ip_adapter"])
     return model.save_pretrained(out_dir, overwrite=overwrite)

@@ -112,6 +112,15 @@ class DHumanDiff(nn.Module):
         """CLIP penultimate hidden states ``[B, T, H]`` of CLIP-normalised face photos."""
         return self.image_encoder(pixel_values=clip_pixels, output_hidden_states=True).hidden_states[-2]
 
+    def uncond_identity_tokens(self, clip_pixels: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """The unconditional (CFG) ID tokens ``[B,16,C]``: ``kind`` (None: the model recipe's
+        ``uncond_id_tokens``) "zeros", or "zero-image" (official): the Resampler on the image encoder's features
+        of an all-zero pixel tensor (zeros after CLIP normalisation)."""
+        if (kind or self.config.conditioning.uncond_id_tokens) == "zeros":
+            return torch.zeros(clip_pixels.shape[0], self.config.num_id_tokens, self.resampler.config.output_dims,
+                               device=clip_pixels.device, dtype=clip_pixels.dtype)
+        return self.resampler(self.image_features(torch.zeros_like(clip_pixels)))
+
     def identity_tokens(self, clip_pixels: torch.Tensor, id_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per person: ``(ip_tokens [B,16,C], face_token [B,1,F])`` from its photo and ArcFace embedding."""
         feats = self.image_features(clip_pixels)
@@ -119,9 +128,10 @@ class DHumanDiff(nn.Module):
 
     def encode_prompt(self, input_ids: torch.Tensor, face_tokens: torch.Tensor | None,
                       subject_positions: torch.Tensor | None, input_ids_2: torch.Tensor | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompt context ``[B,77,D]`` (and SDXL's pooled embedding) with the face tokens fused in."""
-        ctx = self.subject_text(input_ids, face_tokens, subject_positions)
+                      hidden_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt context ``[B,77,D]`` (and SDXL's pooled embedding) with the face tokens fused in; ``hidden_index``
+        picks the first encoder's layer (None: the model's own)."""
+        ctx = self.subject_text(input_ids, face_tokens, subject_positions, hidden_index)
         if self.plain_text_2 is None:
             return ctx, None
         hidden2, pooled = self.plain_text_2(input_ids if input_ids_2 is None else input_ids_2)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..contract.faces.base import FaceAnalyzer, square_crop
+from ..contract.images import preprocess_clip_photo
 
 
 @dataclass
@@ -33,12 +34,19 @@ def clip_preprocess(crop: np.ndarray, size: int, mean, std) -> np.ndarray:
 
 
 def prepare_face(analyzer: FaceAnalyzer, image: np.ndarray, face_size: int, clip_size: int, clip_mean, clip_std,
-                 face_index: int | None = None, name: str = "photo", option: str = "--face-index") -> FaceInput:
+                 face_index: int | None = None, name: str = "photo", option: str = "--face-index",
+                 clip_input: str = "face-crop") -> FaceInput:
     """Detect one face in ``image`` (HxWx3 uint8 RGB) and build its identity inputs (raises if none/many).
 
-    ``option`` is the flag a refusal tells the user to pass (``--face-index-a`` / ``--face-index-b``)."""
+    ``option`` is the flag a refusal tells the user to pass (``--face-index-a`` / ``--face-index-b``).
+    ``clip_input``: what the CLIP image encoder sees, the face crop (this project) or the whole photo resized and
+    centre-cropped (the official recipe)."""
     face = analyzer.analyze_single(image, face_index=face_index, name=name, option=option)
     crop = square_crop(image, face.bbox, face_size, context=1.0)
     emb = face.embedding if face.embedding is not None else analyzer.embed(image, face)
-    return FaceInput(crop=crop, id_embedding=np.asarray(emb, np.float32).reshape(-1),
-                     clip_pixels=clip_preprocess(crop, clip_size, clip_mean, clip_std), bbox=tuple(face.bbox))
+    if clip_input == "photo":
+        clip = preprocess_clip_photo(Image.fromarray(image), clip_size, clip_mean, clip_std)[0]
+    else:
+        clip = clip_preprocess(crop, clip_size, clip_mean, clip_std)
+    return FaceInput(crop=crop, id_embedding=np.asarray(emb, np.float32).reshape(-1), clip_pixels=clip,
+                     bbox=tuple(face.bbox))

@@ -17,7 +17,7 @@ from PIL import Image
 from ..contract import layout as layouts
 from ..contract.images import image01_to_pil, load_rgb
 from ..errors import SettingsError
-from ..utils.numerics import check_vae_precision
+from ..utils.numerics import check_vae_precision, finite_setting
 from ..utils.prompt import person_positions
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput, prepare_face
@@ -79,15 +79,21 @@ def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyze
                       face_index_a: int | None = None, face_index_b: int | None = None,
                       person_words: tuple[str, str] | None = None, sampler: str | None = None,
                       progress: Callable[[int, int], None] | None = None,
-                      vae_precision: str | None = None) -> Portrait:
+                      vae_precision: str | None = None, negative_prompt: str | None = None,
+                      region_masks: bool | None = None, cascade_mask: str | None = None) -> Portrait:
     """Generate one dual portrait. Faces are paths, bytes, arrays or PIL images (person a, person b).
 
     Every user input is checked before the model runs (the runtimes refuse the same things). ``vae_precision``
     "fp16" decodes with an fp16 copy of the VAE (what an fp16 deployment does), "fp32"/None with the model's
     own fp32 VAE; every component's output is checked for NaN/Inf (:class:`NumericalError` names it).
+    ``negative_prompt``, ``region_masks`` and ``cascade_mask`` depart from the model's conditioning recipe
+    (``contract/recipe.py``) for this image; None keeps the recipe's own.
     """
     cfg = model.config
+    recipe = cfg.conditioning.with_options(negative_prompt=negative_prompt, region_masks=region_masks,
+                                           cascade_mask=cascade_mask)
     steps = check_settings(model, steps, seed, sampler, mode)
+    guidance, ip_scale = finite_setting(guidance, "--guidance"), finite_setting(ip_scale, "--ip-scale")
     vae_precision = check_vae_precision(vae_precision)
     ids, pos = person_positions(model.tokenizer.backend_tokenizer, prompt, person_words)
     # the runtimes' parser and grid check (each person keeps latent cells of their own), on the float32 boxes
@@ -100,11 +106,12 @@ def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyze
         name = str(src) if isinstance(src, (str, os.PathLike)) else label
         image = load_rgb(src, label)  # the runtimes' loader: a file is named by its path, anything else by label
         faces.append(prepare_face(analyzer, image, cfg.face_size, cfg.clip_size, cfg.clip_mean, cfg.clip_std,
-                                  face_index=idx, name=name, option=f"--face-index-{label[-1]}"))
+                                  face_index=idx, name=name, option=f"--face-index-{label[-1]}",
+                                  clip_input=recipe.clip_input))
     out = ReferenceSampler(model).sample(
         (faces[0], faces[1]), torch.from_numpy(ids)[None], torch.from_numpy(pos)[None], boxes,
         steps=steps, seed=seed,
         guidance=cfg.defaults.get("guidance_scale", 5.0) if guidance is None else guidance, ip_scale=ip_scale,
         mode=mode, sampler=sampler, progress=progress, input_ids_2=model.tokenize_2([prompt]),
-        vae_precision=vae_precision)
+        vae_precision=vae_precision, recipe=recipe)
     return Portrait(image01_to_pil(out.image.numpy()), out.unet_passes, (faces[0], faces[1]), boxes, pos)

@@ -19,13 +19,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import diffusers
 from diffusers import LCMScheduler, TCDScheduler
 
+from ..contract.recipe import Recipe
 from ..contract.schedulers import SAMPLERS
 from ..utils.numerics import check_finite
 from ..utils.regions import region_mask
+from .attention import AttentionStore
+from .cascade_mask import cascade_mask
 from .dhumandiff_model import DHumanDiff
 from .face_inputs import FaceInput
 from .tiny_decoder import run_decoder
@@ -96,28 +98,35 @@ class ReferenceSampler:
 
     @torch.no_grad()
     def conditions(self, faces: tuple[FaceInput, FaceInput], input_ids: torch.Tensor, positions: torch.Tensor,
-                   input_ids_2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Text context (cond, uncond), ID tokens of both persons and the pooled/time inputs."""
+                   input_ids_2: torch.Tensor | None = None, recipe: Recipe | None = None) -> dict[str, torch.Tensor]:
+        """Text context (cond, uncond), ID tokens of both persons (cond, uncond) and the pooled/time inputs, as
+        the model's conditioning recipe (or ``recipe``) makes them."""
         m = self.model
+        recipe = recipe or m.config.conditioning
         clip = torch.stack([torch.from_numpy(f.clip_pixels) for f in faces])
         ids = torch.stack([torch.from_numpy(f.id_embedding) for f in faces])
         check_finite("identity_encoder", {"embedding": ids}, reference=True)
         ip, face_tok = m.identity_tokens(clip, ids)             # [2,16,C], [2,1,F]
         check_finite("face_projection", {"ip_tokens": ip, "face_token": face_tok}, reference=True)
         ip_tokens = ip.reshape(1, -1, ip.shape[-1])              # [1,32,C] person 1 then person 2
-        ctx, pooled = m.encode_prompt(input_ids, face_tok[:, 0][None], positions, input_ids_2)
-        uctx, upooled = m.encode_prompt(m.tokenize([""]), torch.zeros_like(face_tok[:, 0][None]),
-                                        torch.full_like(positions, -1), m.tokenize_2([""]))
+        uip_tokens = m.uncond_identity_tokens(clip, recipe.uncond_id_tokens).reshape(1, -1, ip.shape[-1])
+        ctx, pooled = m.encode_prompt(input_ids, face_tok[:, 0][None], positions, input_ids_2,
+                                      hidden_index=recipe.text_layer)
+        negative = [recipe.negative_prompt]
+        uctx, upooled = m.encode_prompt(m.tokenize(negative), torch.zeros_like(face_tok[:, 0][None]),
+                                        torch.full_like(positions, -1), m.tokenize_2(negative),
+                                        hidden_index=recipe.uncond_text_layer)
         check_finite("text_encoder", {"prompt_embeds": ctx, "pooled_prompt_embeds": pooled,
                                       "negative_prompt_embeds": uctx}, reference=True)
-        return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip_tokens": ip_tokens}
+        return {"ctx": ctx, "uctx": uctx, "pooled": pooled, "upooled": upooled, "ip_tokens": ip_tokens,
+                "uip_tokens": uip_tokens}
 
     def _eps(self, latents, t, cond, mask, ip_scale, guidance, attn_store=None) -> torch.Tensor:
         m = self.model
         if guidance > 1.0:
             x = torch.cat([latents, latents])
             ctx = torch.cat([cond["uctx"], cond["ctx"]])
-            ip = torch.cat([torch.zeros_like(cond["ip_tokens"]), cond["ip_tokens"]])
+            ip = torch.cat([cond["uip_tokens"], cond["ip_tokens"]])
             pooled = torch.cat([cond["upooled"], cond["pooled"]]) if cond["pooled"] is not None else None
             msk = torch.cat([mask, mask]) if mask is not None else None
             tt = torch.full((2,), float(t))
@@ -133,14 +142,17 @@ class ReferenceSampler:
                boxes: np.ndarray, steps: int, seed: int, guidance: float, ip_scale: float | None = None,
                mode: str = "single", sampler: str | None = None,
                progress: Callable[[int, int], None] | None = None,
-               input_ids_2: torch.Tensor | None = None, vae_precision: str | None = None) -> SamplerOutput:
-        """``vae_precision``: "fp16" / "fp32" decode with a VAE of that dtype; None with the model's own."""
+               input_ids_2: torch.Tensor | None = None, vae_precision: str | None = None,
+               recipe: Recipe | None = None) -> SamplerOutput:
+        """``vae_precision``: "fp16" / "fp32" decode with a VAE of that dtype; None with the model's own.
+        ``recipe``: the conditioning recipe (None: the model's own, ``config.conditioning``)."""
         m = self.model
         cfg = m.config
+        recipe = recipe or cfg.conditioning
         ip_scale = cfg.defaults.get("ip_scale", 1.0) if ip_scale is None else ip_scale
         h = w = cfg.latent_size
-        cond = self.conditions(faces, input_ids, positions, input_ids_2)
-        layout_mask = torch.from_numpy(region_mask(boxes, h, w))[None]
+        cond = self.conditions(faces, input_ids, positions, input_ids_2, recipe)
+        layout_mask = torch.from_numpy(region_mask(boxes, h, w))[None] if recipe.region_masks else None
         source = NoiseSource(seed)
         noise = source.draw((1, 4, h, w))
         per_pass = 2 if guidance > 1.0 else 1
@@ -151,10 +163,10 @@ class ReferenceSampler:
         if mode != "cascade":
             raise ValueError(f"mode must be 'single' or 'cascade', got {mode!r}")
         total = 2 * steps
-        store: list[torch.Tensor] = []
+        store = AttentionStore(kind="attention-mass" if recipe.cascade_mask == "attention-mass" else "token-maps")
         stage1, n1 = self._loop(noise, steps, cond, None, 0.7, guidance, sampler,
                                 (lambda i, _: progress(i, total)) if progress else None, store_last=store)
-        mask = self.attention_mask(store, h, w, per_pass)
+        mask = cascade_mask(store, recipe.cascade_mask, h, w, per_pass)
         sched = make_scheduler(m, sampler)
         sched.set_timesteps(steps)
         latents = noise * sched.init_noise_sigma
@@ -183,24 +195,6 @@ class ReferenceSampler:
             if progress:
                 progress(i + 1, steps)
         return latents, len(sched.timesteps)
-
-    @staticmethod
-    def attention_mask(store: list[torch.Tensor], h: int, w: int, per_pass: int) -> torch.Tensor:
-        """Average the ID tokens' attention maps over layers and persons; keep each image's top 10 % (90th pct).
-
-        ``store`` holds ``[P * B, 2, N]`` per layer (with CFG, P = 2 and the conditional half is the second);
-        returns ``[B, 1, h, w]``.
-        """
-        maps = []
-        for a in store:
-            a = a[a.shape[0] // 2:] if per_pass == 2 else a
-            n = a.shape[-1]
-            side_h = int(round((n * h / w) ** 0.5))
-            a = a.reshape(a.shape[0], 2, side_h, n // side_h)
-            maps.append(F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False).mean(dim=1))
-        avg = torch.stack(maps).mean(dim=0)  # [B, h, w]
-        thr = torch.quantile(avg.flatten(1), 0.9, dim=1)
-        return (avg >= thr[:, None, None]).float()[:, None]  # [B, 1, h, w]
 
     def _vae_in(self, vae: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         """``vae`` (the model's active decoder), or (once, cached) a copy in ``dtype``: the model itself is never

@@ -28,7 +28,15 @@ class SubjectTextEncoder(nn.Module):
         self.hidden_index = hidden_index
 
     def forward(self, input_ids: torch.Tensor, face_tokens: torch.Tensor | None = None,
-                subject_positions: torch.Tensor | None = None) -> torch.Tensor:
+                subject_positions: torch.Tensor | None = None, hidden_index: int | None = None) -> torch.Tensor:
+        """``hidden_index`` (-1: last layer after the final LayerNorm, -2: penultimate) overrides the encoder's own;
+        the official recipe reads -1 for the fused prompt and -2 for the negative one."""
+        hidden_index = self.hidden_index if hidden_index is None else hidden_index
+        return self.layers(input_ids, face_tokens, subject_positions, (hidden_index,))[0]
+
+    def layers(self, input_ids: torch.Tensor, face_tokens: torch.Tensor | None,
+               subject_positions: torch.Tensor | None, indices: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """The hidden states ``indices`` of one encoder pass (so a two-layer recipe's graph runs it once)."""
         tm = self.text_encoder.text_model
         embeds = tm.embeddings.token_embedding(input_ids)
         if self.subject_mlp is not None and face_tokens is not None and subject_positions is not None:
@@ -42,9 +50,8 @@ class SubjectTextEncoder(nn.Module):
         hidden = tm.embeddings(inputs_embeds=embeds)
         mask = _create_4d_causal_attention_mask(input_ids.shape, hidden.dtype, device=hidden.device)
         enc = tm.encoder(inputs_embeds=hidden, causal_attention_mask=mask, output_hidden_states=True)
-        if self.hidden_index == -1:
-            return tm.final_layer_norm(enc.last_hidden_state)
-        return enc.hidden_states[self.hidden_index]
+        return tuple(tm.final_layer_norm(enc.last_hidden_state) if i == -1 else enc.hidden_states[i]
+                     for i in indices)
 
 
 class PlainTextEncoder(nn.Module):

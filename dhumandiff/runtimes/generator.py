@@ -3,13 +3,19 @@
 Every backend (onnxruntime, OpenVINO, Core ML, TorchScript) runs through this loop; an adapter only runs
 graphs. The loop is written so the PyTorch reference pipeline can reproduce it number for number:
 
-1. per person (A then B): ``identity_encoder(face)`` -> ``embedding``; ``image_encoder(pixel_values)`` ->
-   ``image_embeds``; ``face_projection(image_embeds, id_embedding)`` -> ``ip_tokens`` [1,16,C], ``face_token``.
+The bundle's conditioning recipe (``bundle.json`` ``recipe``, ``contract/recipe.py``) decides the choices marked
+*recipe* below: the project's own, or the official code's for converted official checkpoints.
+
+1. per person (A then B): ``identity_encoder(face)`` -> ``embedding``; ``image_encoder(pixel_values)`` (*recipe*:
+   the face crop, or the whole photo resized and centre-cropped) -> ``image_embeds``;
+   ``face_projection(image_embeds, id_embedding)`` -> ``ip_tokens`` [1,16,C], ``face_token``.
 2. text: ``text_encoder(input_ids, face_tokens=[A, B], subject_positions=[pA, pB])``; for CFG the unconditional
-   row encodes ``negative_prompt`` (default ``""``) with positions ``-1`` and zero face tokens. SDXL bundles
-   also run ``text_encoder_2`` and concatenate its ``prompt_embeds`` on the last axis.
-3. ``region_mask`` from the layout (``layout.py``); ``ip_tokens`` = concat(A, B) on the token axis; the
-   unconditional row gets zero ip_tokens.
+   row encodes the negative prompt (*recipe*: "" or the official one) with positions ``-1`` and zero face tokens,
+   read from ``negative_prompt_embeds`` when the recipe's two prompts use different layers. SDXL bundles also
+   run ``text_encoder_2`` and concatenate its ``prompt_embeds`` on the last axis.
+3. ``region_mask`` from the layout (``layout.py``; *recipe*: all ones when the recipe has no region masks);
+   ``ip_tokens`` = concat(A, B) on the token axis; the unconditional row gets (*recipe*) zero ip_tokens or the
+   face projection's tokens of an all-zero CLIP input.
 4. noise: ONE ``np.random.default_rng(seed)`` per call. Draws, in order: the initial latents
    ``standard_normal((1, C, h, w), dtype=float64).astype(float32) * init_noise_sigma``, then each stochastic
    scheduler step's noise (LCM/TCD), same recipe.
@@ -35,12 +41,14 @@ from dhumandiff.errors import PromptError, SettingsError
 from dhumandiff.contract import schedulers
 from dhumandiff.runtimes.adapters import GraphRunner, RuntimeInfo, available_runtimes, make_runner
 from dhumandiff.contract.faces.crop import FaceCropper
-from dhumandiff.contract.images import ImageLike, load_image, postprocess, preprocess_clip, preprocess_face
+from dhumandiff.contract.images import (ImageLike, load_image, postprocess, preprocess_clip, preprocess_clip_photo,
+                                       preprocess_face)
+from dhumandiff.contract.recipe import NEGATIVE_TEXT_OUTPUT
 from dhumandiff.contract.layout import LayoutLike, parse_layout, region_mask
 from dhumandiff.contract.bundle import Manifest, load_manifest
 from dhumandiff.runtimes.tokenizer import PromptTokenizer
 from dhumandiff.utils.cpu import cpu_features
-from dhumandiff.utils.numerics import check_vae_precision
+from dhumandiff.utils.numerics import check_vae_precision, finite_setting
 
 __all__ = ["BundleGenerator", "GenerationResult", "RuntimeInfo", "available_runtimes", "describe", "load_bundle"]
 
@@ -84,34 +92,57 @@ class BundleGenerator:
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2 or tokenizer
         self.cropper = FaceCropper(manifest.identity)
+        self._uncond_ip: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------- encoders
 
-    def encode_person(self, face: Image.Image) -> _Person:
-        """Identity tokens for the UNet and the face token for the text encoder, from one face photo."""
+    def encode_person(self, face: Image.Image, photo: Image.Image | None = None) -> _Person:
+        """Identity tokens for the UNet and the face token for the text encoder, from one face crop (and, for a
+        recipe whose CLIP input is the whole photo, that ``photo``)."""
         ident = self.manifest.identity
         emb = self.runner.run(
             "identity_encoder", {"face": preprocess_face(face, ident.face_size, ident.arcface_mean, ident.arcface_std)}
         )["embedding"]
-        clip = self.runner.run(
-            "image_encoder", {"pixel_values": preprocess_clip(face, ident.clip_size, ident.clip_mean, ident.clip_std)}
-        )["image_embeds"]
+        if self.manifest.recipe.clip_input == "photo":
+            pixels = preprocess_clip_photo(photo if photo is not None else face, ident.clip_size, ident.clip_mean,
+                                           ident.clip_std)
+        else:
+            pixels = preprocess_clip(face, ident.clip_size, ident.clip_mean, ident.clip_std)
+        clip = self.runner.run("image_encoder", {"pixel_values": pixels})["image_embeds"]
         proj = self.runner.run("face_projection", {"image_embeds": clip, "id_embedding": emb})
         return _Person(proj["ip_tokens"], proj["face_token"])
 
+    def uncond_ip_tokens(self, like: np.ndarray) -> np.ndarray:
+        """The unconditional row's ID tokens for both persons (shaped ``like``): zeros, or with the official
+        recipe the face projection's ID tokens of an all-zero CLIP input, a constant of the bundle computed once
+        (the ArcFace input of the projection does not reach the ID tokens)."""
+        if self.manifest.recipe.uncond_id_tokens == "zeros":
+            return np.zeros_like(like)
+        if self._uncond_ip is None:
+            ident = self.manifest.identity
+            pixels = np.zeros((1, 3, ident.clip_size, ident.clip_size), np.float32)
+            clip = self.runner.run("image_encoder", {"pixel_values": pixels})["image_embeds"]
+            emb_dim = self.manifest.components["face_projection"].inputs["id_embedding"].shape[-1]
+            emb = np.zeros((1, int(emb_dim) if isinstance(emb_dim, int) else 512), np.float32)
+            one = self.runner.run("face_projection", {"image_embeds": clip, "id_embedding": emb})["ip_tokens"]
+            self._uncond_ip = np.concatenate([one, one], axis=1).astype(np.float32)
+        return self._uncond_ip
+
     def encode_text(
-        self, prompt: str, face_tokens: np.ndarray, positions: Sequence[int]
+        self, prompt: str, face_tokens: np.ndarray, positions: Sequence[int], negative: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(context [1, 77, D(+D2)], pooled [1, D2] or None)`` for one prompt."""
+        """``(context [1, 77, D(+D2)], pooled [1, D2] or None)`` for one prompt (``negative``: the unconditional
+        row, read from the layer the recipe gives the negative prompt)."""
         ids, _ = self.tokenizer.encode(prompt)
-        ctx = self.runner.run(
+        out = self.runner.run(
             "text_encoder",
             {
                 "input_ids": ids,
                 "face_tokens": face_tokens.astype(np.float32),
                 "subject_positions": np.asarray([list(positions)], dtype=np.int64),
             },
-        )["prompt_embeds"]
+        )
+        ctx = out[NEGATIVE_TEXT_OUTPUT] if negative and self.manifest.recipe.two_text_layers else out["prompt_embeds"]
         if not self.manifest.is_sdxl:
             return ctx, None
         with warnings.catch_warnings():
@@ -152,7 +183,8 @@ class BundleGenerator:
         seed: int = 0,
         layout: LayoutLike = None,
         sampler: str | None = None,
-        negative_prompt: str = "",
+        negative_prompt: str | None = None,
+        region_masks: bool | None = None,
         person_words: Sequence[str] | None = None,
         progress: ProgressFn | None = None,
         face_index_a: int | None = None,
@@ -167,15 +199,19 @@ class BundleGenerator:
         as None come from the bundle's ``defaults``. Every user input (prompt, person words, layout, steps,
         sampler, image files) is checked before any graph runs. ``vae_precision`` ("fp32"/"fp16") is checked
         against the precision the VAE decoder was exported in: a bundle cannot change it, so a request it cannot
-        honour is refused rather than ignored.
+        honour is refused rather than ignored. ``negative_prompt`` and ``region_masks`` default to the bundle's
+        conditioning recipe (``bundle.json`` ``recipe``).
         """
         m = self.manifest
+        recipe = m.recipe.with_options(negative_prompt=negative_prompt, region_masks=region_masks)
         d = m.defaults
         t_start = time.perf_counter()
         steps = d.steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise SettingsError(f"steps must be a positive integer (got {steps!r})")
         batch = m.unet_batch
+        guidance_scale = finite_setting(guidance_scale, "--guidance")
+        ip_scale = finite_setting(ip_scale, "--ip-scale")
         if batch == 1 and guidance_scale is not None:
             warnings.warn("this bundle is CFG-free (unet batch 1): guidance_scale is ignored", stacklevel=2)
         g = float(d.guidance_scale if guidance_scale is None else guidance_scale)
@@ -192,25 +228,30 @@ class BundleGenerator:
         )
         lay = parse_layout(layout, image_size=m.image_size)
         mask = region_mask(lay, m.latent_size)
+        if not recipe.region_masks:  # every ID token reaches the whole image, as the official code has it
+            mask = np.ones_like(mask)
         sched = self._scheduler(sampler, int(steps))
-        img_a = self.cropper(load_image(face_a, "face a"), face_index_a, _name(face_a, "face a"), "--face-index-a")
-        img_b = self.cropper(load_image(face_b, "face b"), face_index_b, _name(face_b, "face b"), "--face-index-b")
+        photo_a, photo_b = load_image(face_a, "face a"), load_image(face_b, "face b")
+        img_a = self.cropper(photo_a, face_index_a, _name(face_a, "face a"), "--face-index-a")
+        img_b = self.cropper(photo_b, face_index_b, _name(face_b, "face b"), "--face-index-b")
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        pa, pb = self.encode_person(img_a), self.encode_person(img_b)
+        pa, pb = self.encode_person(img_a, photo_a), self.encode_person(img_b, photo_b)
+        ip_tokens = np.concatenate([pa.ip_tokens, pb.ip_tokens], axis=1)
+        uncond_ip = self.uncond_ip_tokens(ip_tokens) if batch == 2 else None  # before the encoders are released
         self._done_with("identity_encoder", "image_encoder", "face_projection")
         timings["encode_faces"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         face_tokens = np.concatenate([pa.face_token, pb.face_token], axis=1)
         ctx, pooled = self.encode_text(prompt, face_tokens, positions)
-        ip_tokens = np.concatenate([pa.ip_tokens, pb.ip_tokens], axis=1)
         if batch == 2:
-            uctx, upooled = self.encode_text(negative_prompt, np.zeros_like(face_tokens), (-1, -1))
+            uctx, upooled = self.encode_text(recipe.negative_prompt, np.zeros_like(face_tokens), (-1, -1),
+                                             negative=True)
             ctx = np.concatenate([uctx, ctx], axis=0)
             pooled = None if pooled is None else np.concatenate([upooled, pooled], axis=0)  # type: ignore[list-item]
-            ip_tokens = np.concatenate([np.zeros_like(ip_tokens), ip_tokens], axis=0)
+            ip_tokens = np.concatenate([uncond_ip, ip_tokens], axis=0)  # type: ignore[list-item]
         self._done_with("text_encoder", "text_encoder_2")
         timings["encode_text"] = time.perf_counter() - t0
 
@@ -326,8 +367,8 @@ def warn_if_cpu_unfit(m: Manifest) -> str | None:
     kernels = {g.get("int8_kernel", "u8s8") for g in graphs.values() if isinstance(g, dict)}
     if "u8s8" not in kernels:
         return None
-    made_on = (q.get("cpu") or {}).get("summary", "a CPU with VNNI") if isinstance(q.get("cpu"), dict) else \
-        "a CPU with VNNI"
+    cpu = q.get("cpu")
+    made_on = cpu.get("summary", "a CPU with VNNI") if isinstance(cpu, dict) else "a CPU with VNNI"
     line = (f"this int8 bundle was quantised on {made_on} for u8 x s8 kernels; this CPU "
             f"({cpu_features().summary()}) has no VNNI, so its int8 products may saturate and the image drift: "
             "re-export it on this machine (it then stores u8 weights) or pass --int8-kernel u8u8 to export")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dhumandiff.errors import BundleError, PromptError
-from dhumandiff.utils.prompt import PERSON_WORDS
+from dhumandiff.utils.prompt import PERSON_WORDS, check_prompt_length
 
 #: Nouns that name one person, searched (in prompt order) when the caller gives no person words. The list is the
 #: one the PyTorch reference uses (``dhumandiff.utils.prompt``), so both pick the same words.
@@ -64,6 +64,36 @@ class PromptTokenizer:
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
+        self._check_usable(path)
+
+    def _check_usable(self, path: str | os.PathLike) -> None:
+        """Refuse, at load time, a tokenizer file that parses but cannot serve this model (a replaced or emptied
+        ``tokenizer.json``): no vocabulary, special-token ids beyond it, or no person word it knows. Otherwise every
+        prompt would later be blamed for lacking a person word, or fail inside the tokenizer library."""
+        fix = "the bundle's tokenizer file is unusable; copy the bundle again or re-export it"
+        size = self._tok.get_vocab_size(with_added_tokens=True)
+        if size == 0:
+            raise BundleError(f"tokenizer {path} has an empty vocabulary: {fix}")
+        specials = {"pad": self.pad_token_id, "bos": self.bos_token_id, "eos": self.eos_token_id}
+        outside = {k: v for k, v in specials.items() if not 0 <= int(v) < size}
+        if outside:
+            raise BundleError(f"tokenizer {path} has {size} tokens, fewer than its special token ids {outside} "
+                              f"need: {fix}")
+        unknown = _unknown_id(self._tok)
+        known: set[int] = set()
+        for word in DEFAULT_PERSON_WORDS:
+            try:
+                ids = self._tok.encode(word, add_special_tokens=False).ids
+            except Exception as e:  # e.g. WordLevel whose unknown token is missing from its vocabulary
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise BundleError(f"tokenizer {path} cannot encode the person word {word!r} ({first[:120]}): "
+                                  f"{fix}") from None
+            if ids and unknown not in ids:
+                known.add(ids[0])
+        if len(known) < 2:
+            raise BundleError(f"tokenizer {path} knows {'only one' if known else 'none'} of the person words "
+                              f"({', '.join(DEFAULT_PERSON_WORDS[:4])}, ...): they map to its unknown token or to "
+                              f"nothing, so no prompt can name two people: {fix}")
 
     @classmethod
     def from_spec(cls, path: str | os.PathLike, spec: object) -> "PromptTokenizer":
@@ -78,6 +108,7 @@ class PromptTokenizer:
 
     def encode_full(self, prompt: str) -> Encoded:
         """Ids and character offsets; the empty prompt is allowed (it is the unconditional branch)."""
+        check_prompt_length(prompt)
         enc = self._tok.encode(prompt, add_special_tokens=False)
         ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
         room = self.max_length - 2
@@ -112,6 +143,7 @@ class PromptTokenizer:
         """
         if not prompt or not prompt.strip():
             raise PromptError("the prompt is empty; describe the scene and name both people, e.g. 'a man and a woman'")
+        check_prompt_length(prompt)
         spans = find_person_words(prompt, words)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # encode() warns once for the caller; positions only need the spans
@@ -126,6 +158,14 @@ class PromptTokenizer:
                 )
             positions.append(pos)
         return positions
+
+
+def _unknown_id(tok) -> int | None:  # noqa: ANN001 - a tokenizers.Tokenizer
+    """The id of the tokenizer model's unknown token (None when it has none, or it is not in the vocabulary)."""
+    name = getattr(tok.model, "unk_token", None)
+    if name is None and getattr(tok.model, "unk_id", None) is not None:  # Unigram names it by id
+        return int(tok.model.unk_id)
+    return tok.token_to_id(name) if isinstance(name, str) else None
 
 
 def _token_at(enc: Encoded, start: int, end: int) -> int | None:

@@ -3,7 +3,9 @@
 For the machine a bundle is copied onto (a venue kiosk, a phone build): :func:`load_manifest` already refuses a
 missing file, a sha256 mismatch, a path escaping the folder, a wrong format version or an inconsistent contract
 (each a one-line :class:`~dhumandiff.errors.BundleError`, exit code 10); this adds the summary a person checks
-after the copy: what the bundle is, how many files and bytes were verified.
+after the copy: what the bundle is, how many files and bytes were verified. Stricter than loading in one way: a
+tokenizer without a sha256 in bundle.json (which the reader tolerates from hand-made bundles) is refused here, since
+"every sha256 matches" must cover every file the bundle loads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dhumandiff.contract.bundle import load_manifest
+from dhumandiff.errors import BundleError
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ def verify_bundle(path: str | os.PathLike) -> VerifyReport:
     """Hash every file of the bundle against ``bundle.json``; raises BundleError on the first problem."""
     m = load_manifest(path, verify=True)
     root = Path(m.root)  # type: ignore[arg-type]
+    for where, tok in (("tokenizer", m.tokenizer), ("tokenizer_2", m.tokenizer_2)):
+        if tok is not None and tok.sha256 is None:
+            raise BundleError(f"bundle.json has no {where}.sha256, so a changed {tok.file} would go unnoticed; "
+                              "re-export the bundle with `dhumandiff export`")
     files = {rel for comp in m.components.values() for rel in comp.sha256}
     files |= {tok.file for tok in (m.tokenizer, m.tokenizer_2) if tok is not None}
     size = sum((root / rel).stat().st_size for rel in files)

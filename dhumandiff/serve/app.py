@@ -9,7 +9,14 @@ runtime extra and ``[serve]``. Generation runs on one worker thread behind a bou
 (:mod:`dhumandiff.serve.queue`); photos are decoded there too, so at most one decoded pair is in memory. Uploads
 live in memory (or Starlette's self-deleting spool files) for the length of the request; nothing is written to
 disk unless ``keep_dir`` is set. Every refusal is a 4xx/5xx JSON ``{"error": one line, "code", "type"}`` whose
-``error`` is the same line the CLI would print.
+``error`` is the same line the CLI would print, quoting at most 200 characters of anything the guest sent.
+
+Strangers are refused before any route runs (:class:`_Gate`): a ``Host`` that is not one of the kiosk's own
+names (400: a web page the kiosk's browser opens cannot reach it through DNS rebinding), a POST that a browser
+marks as coming from another site (403: ``Sec-Fetch-Site``, ``Origin``, ``Referer``), and, when the kiosk has
+an access token (``token``; ``dhumandiff serve`` makes one whenever it listens beyond loopback), an API call
+without it (401). A guest whose connection closes before the portrait is ready costs nothing more: a waiting job
+is skipped, a running one stops at its next step.
 """
 
 from __future__ import annotations
@@ -18,23 +25,28 @@ import asyncio
 import base64
 import contextlib
 import io
+import ipaddress
 import json
 import logging
 import math
 import os
 import re
 import secrets
+import socket
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 
 from ..errors import (
     DHumanDiffError,
@@ -47,13 +59,24 @@ from ..errors import (
 )
 from ..runtimes.generator import SettingsError
 from ..utils.atomic import atomic_dir
-from ..contract.images import load_rgb
+from ..contract import schedulers
+from ..contract.images import MAX_PIXELS, load_rgb
 from . import presets
-from .queue import Busy, GenerationQueue
+from .presets import shown
+from .queue import Busy, GenerationQueue, ShuttingDown, Stopped
 
 log = logging.getLogger("dhumandiff.serve")
 
 MAX_PROMPT_CHARS = 1000
+MAX_UPLOAD_MB = 100.0   # a 40 MP photo (the loader's ceiling) as a PNG is about this size
+MIN_UPLOAD_MB = 0.1
+MIN_PIXELS = 64 * 64
+MAX_LINE_CHARS = 600    # any refusal line, whatever it quotes
+TOKEN_HEADER = "X-Kiosk-Token"
+TOKEN_COOKIE = "dhumandiff_kiosk_token"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing on top of the two photos
 _CSP = ("default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
         "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -69,6 +92,29 @@ class KioskSettings:
     keep_dir: Path | None = None        # keep photos + portrait + request.json per answer (off by default)
     steps: int | None = None            # sampling steps (None: the bundle's default)
     title: str = "dhumandiff kiosk"
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides loopback's and this machine's (--host, --allowed-host)
+    token: str | None = None            # access token every /api/ call must carry (None: none needed)
+
+    def __post_init__(self) -> None:
+        """Refuse a setting that would make every request fail, with one line naming its flag (exit code 1)."""
+        mb, px, q = self.max_upload_mb, self.max_pixels, self.queue
+        for ok, what in (
+            (isinstance(q, int) and 0 <= q <= 1000, f"--queue must be 0 to 1000 (got {q})"),
+            (isinstance(mb, (int, float)) and math.isfinite(mb) and MIN_UPLOAD_MB <= mb <= MAX_UPLOAD_MB,
+             f"--max-upload-mb must be a number from {MIN_UPLOAD_MB:g} to {MAX_UPLOAD_MB:g} (got {mb})"),
+            (isinstance(px, int) and MIN_PIXELS <= px <= MAX_PIXELS,
+             f"--max-pixels must be {MIN_PIXELS} to {MAX_PIXELS} (64x64 to 40 MP; got {shown(px, 40, quote=False)})"),
+            (self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+             f"--steps must be 1 or more (got {self.steps})"),
+            (self.token is None or bool(_TOKEN_RE.fullmatch(self.token)),
+             "--token must be 16 to 256 letters, digits or . _ ~ - (leave it out to get a generated one)"),
+        ):
+            if not ok:
+                raise SettingsError(what)
+        for name in self.allowed_hosts:
+            if _host_name(name) is None:
+                raise SettingsError(f"--host/--allowed-host {shown(name, 80)} is not a host name or IP address "
+                                    "(give the name guests type, without scheme or path)")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -115,7 +161,116 @@ def _status(exc: DHumanDiffError) -> int:
 
 def _error(status: int, message: str, code: int, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
     line = message.splitlines()[0] if message else kind
+    if len(line) > MAX_LINE_CHARS:
+        line = line[: MAX_LINE_CHARS - 3] + "..."
     return JSONResponse({"error": line, "code": code, "type": kind}, status_code=status, headers=headers)
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``"Name:8000"`` / ``"[::1]:8000"`` / ``"::1"`` -> ``("name", 8000)`` (lower case, IPs normalised), or None."""
+    v = value.strip().lower()
+    port = ""
+    if v.startswith("["):
+        inner, bracket, port = v[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        v, port = inner, port[1:]
+    elif v.count(":") == 1:
+        v, _, port = v.partition(":")
+    if port and not (port.isdigit() and len(port) <= 5):
+        return None
+    v = v.rstrip(".")
+    try:
+        name = str(ipaddress.ip_address(v))
+    except ValueError:
+        if len(v) > 253 or not _HOST_RE.fullmatch(v):
+            return None
+        name = v
+    return name, int(port) if port else None
+
+
+def _host_name(value: str) -> str | None:
+    split = _split_host(value)
+    return None if split is None else split[0]
+
+
+def _same_origin(url: str, host: str) -> bool:
+    """Whether ``url`` (an ``Origin`` or ``Referer``) has the scheme-less origin of the request's ``Host``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    theirs, ours = _split_host(parts.netloc.rpartition("@")[2]), _split_host(host)
+    if default is None or theirs is None or ours is None:
+        return False
+    return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
+
+
+def _cross_site(headers: Headers) -> str | None:
+    """What marks a request as sent from another site by a browser (None: same-origin, or not a browser)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {shown(site, 40)}"
+    field = "origin" if "origin" in headers else "referer" if "referer" in headers else None
+    if field is not None and not _same_origin(headers[field], headers.get("host", "")):
+        return f"{field.title()}: {shown(headers[field], 100)}"
+    return None
+
+
+class _Gate:
+    """Refuse strangers before any route runs: a foreign ``Host`` (400), a cross-site POST (403), an API call
+    without the access token (401), an announced oversize body (413). Pure ASGI, so the route still sees the
+    client's disconnect on ``receive``."""
+
+    def __init__(self, app: Any, hosts: frozenset[str], token: str | None, body_limit: int,
+                 too_large: Callable[[], JSONResponse]) -> None:
+        self.app, self.hosts, self.token, self.body_limit, self.too_large = app, hosts, token, body_limit, too_large
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def has_token(self, headers: Headers) -> bool:
+        given = headers.get(TOKEN_HEADER.lower(), "")
+        scheme, _, bearer = headers.get("authorization", "").partition(" ")
+        if not given and scheme.lower() == "bearer":
+            given = bearer.strip()
+        if not given:
+            given = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE, "")
+        return token_matches(self.token, given)
+
+    def refusal(self, scope: dict[str, Any]) -> JSONResponse | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        name = _host_name(host)
+        server = (scope.get("server") or ("",))[0] or ""
+        if name is None or (name not in self.hosts and name != _host_name(server)):
+            return _error(400, f"host {shown(host, 100)} is not one of this kiosk's names; open it by one of them, "
+                          "or start it with --allowed-host NAME", 1, "HostNotAllowed")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            why = _cross_site(headers)
+            if why is not None:
+                return _error(403, f"cross-site request refused ({why}): the kiosk only takes requests from its "
+                              "own page", 1, "CrossSiteRequest")
+        path = scope["path"]
+        if self.token is not None and path.startswith("/api/") and not self.has_token(headers):
+            return _error(401, f"this kiosk needs its access token: open the link with ?token= printed when it "
+                          f"started, or send the header {TOKEN_HEADER}", 1, "TokenRequired",
+                          headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length", "")
+        if path == "/api/generate" and length.isdigit() and int(length) > self.body_limit:
+            return self.too_large()  # refused from its announcement, before it is read
+        return None
+
+
+def token_matches(token: str | None, given: str) -> bool:
+    """Constant-time comparison of an offered token (any text) with the kiosk's."""
+    return token is not None and secrets.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
 
 
 def _suffix(filename: str | None) -> str:
@@ -143,8 +298,6 @@ def create_app(
     ``warm`` every graph is loaded too, so the first guest does not pay for it.
     """
     cfg = settings or KioskSettings()
-    if cfg.max_upload_mb <= 0 or cfg.max_pixels <= 0:
-        raise ValueError("max_upload_mb and max_pixels must be positive")
     if isinstance(bundle, (str, os.PathLike)):
         from ..runtimes import load_bundle
 
@@ -152,6 +305,7 @@ def create_app(
     else:
         gen = bundle
     manifest = gen.manifest
+    _check_steps(manifest, cfg.steps)
     if warm:
         _load_graphs(gen)
     line = GenerationQueue(cfg.queue)
@@ -165,8 +319,10 @@ def create_app(
         face_a = load_rgb(job.face_a, f"photo a ({job.names[0]})", max_pixels=cfg.max_pixels)
         face_b = load_rgb(job.face_b, f"photo b ({job.names[1]})", max_pixels=cfg.max_pixels)
         decode = time.perf_counter() - t0
-        res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps)
+        res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
+                  progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
         del face_a, face_b
+        line.check_stop()  # nobody waits for it: neither encoded nor kept
         buf = io.BytesIO()
         res.image.save(buf, format="PNG")
         timings = {"queue_wait": started - job.submitted, "read_photos": decode,
@@ -193,7 +349,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        line.shutdown()
+        if not line.shutdown(timeout=3.0):  # waiting and running guests were answered 503 by now
+            log.warning("stopped while a generation was still running; it is abandoned")
 
     app = FastAPI(title=cfg.title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queue = line
@@ -212,6 +369,10 @@ def create_app(
                              "retry_after": exc.retry_after}, status_code=503,
                             headers={"Retry-After": str(exc.retry_after)})
 
+    @app.exception_handler(ShuttingDown)
+    async def _stopping(_: Request, exc: ShuttingDown) -> JSONResponse:
+        return _error(503, str(exc), 1, "ShuttingDown", headers={"Retry-After": str(exc.retry_after)})
+
     def _too_large() -> JSONResponse:
         return _error(413, f"the upload is too large: each photo may be at most {cfg.max_upload_mb:g} MB; use "
                       "smaller photos", InputImageError.exit_code, "InputImageError")
@@ -222,13 +383,9 @@ def create_app(
             return _too_large()
         return _error(exc.status_code, str(exc.detail), 1, "HTTPException", headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _announced_size(request: Request, call_next: Any) -> Response:
-        """Refuse an announced oversize body before reading it, as JSON (FastAPI's own answer is plain text)."""
-        length = request.headers.get("content-length", "")
-        if request.url.path == "/api/generate" and length.isdigit() and int(length) > body_limit:
-            return _too_large()
-        return await call_next(request)
+    hosts = frozenset(n for n in (*LOOPBACK_NAMES, _host_name(socket.gethostname()),
+                                  *map(_host_name, cfg.allowed_hosts)) if n)
+    app.add_middleware(_Gate, hosts=hosts, token=cfg.token, body_limit=body_limit, too_large=_too_large)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_form(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -239,8 +396,12 @@ def create_app(
     # ----------------------------------------------------------------------------------------- routes
 
     @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"})
+    async def index(token: str = Query("", max_length=256)) -> HTMLResponse:
+        response = HTMLResponse(page, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store",
+                                               "Referrer-Policy": "no-referrer"})
+        if token_matches(cfg.token, token):  # the access link: this browser keeps the token as a cookie too
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -255,6 +416,7 @@ def create_app(
 
     @app.post("/api/generate", max_body_size=body_limit)
     async def generate(
+        request: Request,
         face_a: UploadFile | None = File(None, description="Photo of person a (one face)."),
         face_b: UploadFile | None = File(None, description="Photo of person b (one face)."),
         prompt: str = Form("", description="Scene naming both people; empty: the scene preset's prompt."),
@@ -269,7 +431,7 @@ def create_app(
             if upload is None:
                 raise InputImageError(f"photo {label} is missing: upload a photo of person {label} as face_{label}")
             data = await upload.read()
-            name = Path(upload.filename or f"face_{label}").name
+            name = shown(Path(upload.filename or f"face_{label}").name, 100, quote=False)
             if not data:
                 raise InputImageError(f"photo {label} ({name}) is empty (0 bytes): upload the photo again")
             if len(data) > cfg.max_upload_bytes:
@@ -285,9 +447,23 @@ def create_app(
         job = _Job(photos[0][0], photos[1][0], (photos[0][1], photos[1][1]), text, scene_id, layout_id, boxes,
                    seed_value, rid)
         del photos
+        ticket = line.submit(run, job)
+        waiter = asyncio.wrap_future(ticket)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            answer = await asyncio.wrap_future(line.submit(run, job))
-        except (DHumanDiffError, Busy):
+            await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not waiter.done():  # the guest left: skip the job, or stop it at its next step; keep nothing
+            line.abandon(ticket)
+            waiter.cancel()
+            log.info("request %s: the client left before its portrait was ready; the job is dropped", rid[:8])
+            return _error(499, "the client closed the connection", 1, "ClientLeft")
+        try:
+            answer = waiter.result()
+        except Stopped:
+            raise ShuttingDown() from None
+        except (DHumanDiffError, Busy, ShuttingDown):
             raise
         except Exception as exc:  # a bug, not the guest's mistake: details to the log, one line to the guest
             log.error("request %s failed", rid, exc_info=exc)
@@ -310,6 +486,23 @@ def create_app(
     return app
 
 
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (its body has been read: the next message is the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _check_steps(manifest: Any, steps: int | None) -> None:
+    """``--steps`` that the bundle's scheduler refuses would fail every request: refuse it at start-up."""
+    if steps is None:
+        return
+    try:
+        schedulers.from_config(manifest.scheduler, sampler=manifest.defaults.sampler).set_timesteps(steps)
+    except ValueError as exc:
+        raise SettingsError(f"--steps {steps} does not fit this bundle's scheduler ({shown(exc, 150, quote=False)}); "
+                            f"its default is {manifest.defaults.steps}") from None
+
+
 def _load_graphs(gen: Any) -> None:
     """Load every graph of the bundle now (runtimes load them lazily on first use)."""
     handle = getattr(gen.runner, "handle", None)
@@ -327,6 +520,6 @@ def _parse_seed(seed: str) -> int:
     except ValueError:
         value = -1
     if value < 0 or value >= 2**63:
-        raise SettingsError(f"seed must be a whole number from 0 to 2^63-1 (got {seed!r}); leave it empty for a "
-                              "random one")
+        raise SettingsError(f"seed must be a whole number from 0 to 2^63-1 (got {shown(seed, 40)}); leave it "
+                            "empty for a random one")
     return value

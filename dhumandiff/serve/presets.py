@@ -47,6 +47,18 @@ LAYOUTS: tuple[LayoutChoice, ...] = (
 
 DEFAULT_LAYOUT = LAYOUTS[0].id
 
+#: At most this many characters of anything a guest sent are quoted back in a refusal.
+ECHO_CHARS = 200
+
+
+def shown(value: object, limit: int = ECHO_CHARS, quote: bool = True) -> str:
+    """``value`` for a refusal: its ``repr`` (without the quotes unless ``quote``), cut to ``limit`` characters of
+    the input, so a 20 MB form field is not echoed back."""
+    text = value if isinstance(value, str) else str(value)
+    part = repr(text[:limit])
+    tail = f"... ({len(text)} characters)" if len(text) > limit else ""
+    return (part if quote else part[1:-1]) + tail
+
 
 def scene_prompt(scene: str | None, prompt: str | None) -> tuple[str, str | None]:
     """``(prompt, scene id)``: a typed prompt wins; otherwise the preset scene's prompt."""
@@ -58,7 +70,7 @@ def scene_prompt(scene: str | None, prompt: str | None) -> tuple[str, str | None
     for s in SCENES:
         if s.id == scene.strip().lower():
             return s.prompt, s.id
-    raise PromptError(f"unknown scene {scene!r}; pick one of {', '.join(s.id for s in SCENES)} or type a prompt")
+    raise PromptError(f"unknown scene {shown(scene)}; pick one of {', '.join(s.id for s in SCENES)} or type a prompt")
 
 
 def layout_boxes(layout: str | None) -> tuple[str, list[list[float]]]:
@@ -67,7 +79,7 @@ def layout_boxes(layout: str | None) -> tuple[str, list[list[float]]]:
     for choice in LAYOUTS:
         if choice.id == key:
             return choice.id, [list(b) for b in choice.boxes]
-    raise LayoutError(f"unknown layout {layout!r}; pick one of {', '.join(c.id for c in LAYOUTS)}")
+    raise LayoutError(f"unknown layout {shown(layout)}; pick one of {', '.join(c.id for c in LAYOUTS)}")
 
 
 def as_json() -> dict[str, Any]:

@@ -12,6 +12,7 @@ device copy), so the runtimes and the reference share one message.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping
 
 import numpy as np
@@ -79,6 +80,30 @@ def check_vae_precision(value: str | None) -> str | None:
     if v not in VAE_PRECISIONS:
         raise SettingsError(f"--vae-precision must be fp32 or fp16 (got {value!r})")
     return v
+
+
+def finite_setting(value: Any, flag: str) -> float | None:
+    """A float generation setting (``--guidance``, ``--ip-scale``) as a float; None (= the default) passes through.
+
+    NaN, Inf, booleans and non-numbers are refused here, as settings (:class:`SettingsError`), before any graph
+    runs: a NaN guidance would otherwise only surface as a component's NaN output (exit 12) after the whole
+    sampling loop.
+    """
+    if value is None:
+        return None
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            pass
+    if number is None or not math.isfinite(number):
+        try:
+            shown = repr(value) if isinstance(value, (numbers.Number, str)) else type(value).__name__
+        except ValueError:  # an int past Python's 4300-digit conversion limit
+            shown = type(value).__name__
+        raise SettingsError(f"{flag} must be a finite number (got {shown[:40]})")
+    return number
 
 
 def json_safe(value: Any) -> Any:

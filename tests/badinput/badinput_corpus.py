@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 FACE_A = REPO / "examples" / "face_a.png"
 FACE_B = REPO / "examples" / "face_b.png"
 PROMPT = "a man and a woman on the beach"
+#: File names holding an ANSI colour escape and a newline (the photo exists / does not).
+CONTROL_NAME = "face\x1b[31m\n.png"
+CONTROL_MISSING = "missing\x1b[31m\n.png"
 
 
 # ------------------------------------------------------------------------------------------------ photos
@@ -41,6 +44,27 @@ def _rgb16_png(rgb8: np.ndarray) -> bytes:
     px = (rgb8.astype(">u2") * 257).reshape(h, w * 3)
     rows = b"".join(b"\0" + px[y].tobytes() for y in range(h))
     return png_bytes(w, h, 16, 2, rows)
+
+
+def with_chunks(png: bytes, chunks: bytes, after_image: bool = False) -> bytes:
+    """``png`` with extra chunks inserted after IHDR (or, ``after_image``, just before IEND)."""
+    at = png.rindex(b"IEND") - 4 if after_image else 8 + 25  # signature + the IHDR chunk
+    return png[:at] + chunks + png[at:]
+
+
+def metadata_bombs(png: bytes) -> dict[str, bytes]:
+    """PNGs of the face whose text / ICC chunks decompress far past Pillow's limits (kilobytes on disk): one zTXt,
+    iTXt or iCCP chunk of 8 MB (over ``MAX_TEXT_CHUNK``), and 70 zTXt chunks of 1 MB each after the image data
+    (over ``MAX_TEXT_MEMORY``)."""
+    big = zlib.compress(b"\0" * 8_000_000, 9)
+    one_mb = zlib.compress(b"a" * 1_000_000, 9)
+    return {
+        "ztxt_bomb.png": with_chunks(png, _chunk(b"zTXt", b"Comment\0\0" + big)),
+        "itxt_bomb.png": with_chunks(png, _chunk(b"iTXt", b"Comment\0\x01\0\0\0" + big)),
+        "iccp_bomb.png": with_chunks(png, _chunk(b"iCCP", b"icc\0\0" + big)),
+        "text_memory_bomb.png": with_chunks(png, b"".join(_chunk(b"zTXt", b"k%d\0\0" % i + one_mb)
+                                                          for i in range(70)), after_image=True),
+    }
 
 
 def _three_faces() -> Image.Image:
@@ -94,6 +118,19 @@ def build_corpus(root: Path) -> dict[str, Path]:
     put("corrupt_crc.png", bytes(corrupt))
     put("bomb_header.png", png_bytes(10_000, 5_000, 8, 2, b"\0" * 16))  # claims 50 MP, holds nothing
     put("bomb_pillow.png", png_bytes(30_000, 30_000, 8, 2, b"\0" * 16))  # 900 MP: Pillow's own bomb limit
+    for name, data in metadata_bombs(png).items():
+        put(name, data)
+    # within the pixel limits but 16 MP: kilobytes on disk, seconds and gigabytes of work unless bounded
+    from dhumandiff.data.world import FACE_BACKGROUND_RGB
+
+    save("flat_16mp.png", Image.new("RGB", (4000, 4000), FACE_BACKGROUND_RGB))
+    big_face = face.resize((4000, 4000), Image.NEAREST)
+    save("face_16mp.png", big_face)
+    save("face_16mp.jpg", big_face, quality=95)
+    put("layout_deep.json", b"[" * 30_000 + b"]" * 30_000)  # a --layout file nested far too deep
+    (root / CONTROL_NAME).write_bytes(png)
+    files[CONTROL_NAME] = root / CONTROL_NAME
+    files[CONTROL_MISSING] = root / CONTROL_MISSING
     # faces the detector must refuse
     x = np.linspace(0, 255, 112, dtype=np.uint8)
     save("gradient.png", Image.fromarray(np.stack([np.tile(x, (112, 1))] * 3, -1)))

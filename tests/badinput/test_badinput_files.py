@@ -80,6 +80,18 @@ def _unknown_component(bundle: Path) -> None:
     edit_manifest(bundle, add)
 
 
+def _replace_tokenizer(vocab: dict[str, int]) -> Callable[[Path], None]:
+    """A replaced tokenizer.json that still parses: a WordLevel model over ``vocab`` (its own digest: the small
+    bundle records none for its tokenizer, as a hand-made bundle may not)."""
+    def edit(bundle: Path) -> None:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(bundle / "tokenizer.json"))
+    return edit
+
+
 @dataclass(frozen=True)
 class BundleCase:
     id: str
@@ -100,6 +112,11 @@ BUNDLE_CASES = [
     BundleCase("path-escapes-folder", _escape, r"'\.\./unet\.onnx' escapes the bundle folder"),
     BundleCase("sha256-key-escapes", _set("components.unet.sha256", {"../../etc/passwd": "0" * 64}),
                r"(escapes the bundle folder|lists \.\./\.\./etc/passwd)"),
+    BundleCase("tokenizer-empty-vocab", _replace_tokenizer({}),
+               r"tokenizer .*tokenizer\.json has an empty vocabulary: the bundle's tokenizer file is unusable"),
+    BundleCase("tokenizer-person-words-unknown",
+               _replace_tokenizer({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4, "and": 5, "beach": 6}),
+               r"knows none of the person words .*tokenizer file is unusable"),
     BundleCase("tokenizer-path-escapes", _set("tokenizer.file", "../../tokenizer.json"), r"escapes the bundle"),
     BundleCase("absolute-path", _set("components.unet.file", "/etc/passwd"), r"is an absolute path"),
     BundleCase("symlink-out-of-folder", _symlink_out, r"points outside the bundle folder"),

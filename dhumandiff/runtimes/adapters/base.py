@@ -40,6 +40,30 @@ def check_finite(component: str, outputs: Mapping[str, np.ndarray], where: str =
     _check_finite(component, outputs, where, precision=precision)
 
 
+def shape_fits(declared: tuple[int | str | None, ...] | list[Any], got: tuple[Any, ...] | list[Any]) -> bool:
+    """Whether shape ``got`` fits ``declared``: same rank, and equal wherever both give a number (a ``str`` or
+    ``None`` dimension is dynamic)."""
+    return len(declared) == len(got) and all(
+        not isinstance(d, int) or not isinstance(g, int) or d == g for d, g in zip(declared, got)
+    )
+
+
+def check_graph_io(component: str, spec: Any, graph_shapes: Mapping[str, Any], kind: str) -> None:
+    """Refuse a loaded graph whose declared ``kind`` ("input"/"output") shapes contradict bundle.json's, before
+    anything runs (named: a backend's shape error or a NumPy broadcast error later says neither which nor why).
+    ``graph_shapes``: name -> the graph's shape (int, or str/None where dynamic)."""
+    declared = spec.inputs if kind == "input" else spec.outputs
+    for name, shape in graph_shapes.items():
+        if name in declared and not shape_fits(declared[name].shape, tuple(shape)):
+            raise _shape_error(component, kind, name, list(shape), list(declared[name].shape))
+
+
+def _shape_error(component: str, kind: str, name: str, graph: list[Any], declared: list[Any]) -> BundleError:
+    graph_s = "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in graph) + "]"
+    return BundleError(f"{component} graph {kind} '{name}' has shape {graph_s}, bundle.json declares {declared}: "
+                       "the graph and bundle.json do not belong together; re-export the bundle")
+
+
 def load_failure(what: str, path: Path, component: str, exc: BaseException) -> BundleError:
     """The one-line error of a graph its backend refuses to load: the backend's first non-empty message line
     (they raise multi-line C++ traces), which file and component, and what to do."""
@@ -101,9 +125,7 @@ class BaseRunner:
         for name, tspec in spec.inputs.items():
             arr = np.asarray(inputs[name])
             shape = tuple(tspec.shape)
-            if len(arr.shape) != len(shape) or any(
-                isinstance(d, int) and d != s for d, s in zip(shape, arr.shape)
-            ):
+            if not shape_fits(shape, arr.shape):
                 raise ValueError(f"{component}.{name}: got shape {list(arr.shape)}, the bundle expects {list(shape)}")
             out[name] = np.ascontiguousarray(arr, dtype=_NP_DTYPES[tspec.dtype])
         return out
@@ -118,6 +140,9 @@ class BaseRunner:
                 f"{component} graph did not return output(s) {missing} named in bundle.json; re-export the bundle"
             )
         result = {n: np.asarray(outputs[n]) for n in spec.outputs}
+        for name, arr in result.items():  # a wrong shape here would be a NumPy broadcast error steps later
+            if not shape_fits(spec.outputs[name].shape, arr.shape):
+                raise _shape_error(component, "output", name, list(arr.shape), list(spec.outputs[name].shape))
         result = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in result.items()}
         check_finite(component, result, f" ({self.runtime} on {self.device})", self.graph_precision.get(component))
         return result

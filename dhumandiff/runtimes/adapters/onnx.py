@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
-from dhumandiff.runtimes.adapters.base import BaseRunner, load_failure
+from dhumandiff.runtimes.adapters.base import BaseRunner, check_graph_io, load_failure
 
 #: ``--device`` name -> onnxruntime execution provider.
 DEVICE_PROVIDERS = {
@@ -81,9 +81,13 @@ class OnnxRunner(BaseRunner):
         opts.log_severity_level = 3
         path = self.path_of(component)
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise load_failure("onnxruntime cannot load", path, component, e) from None
+        spec = self.components[component]
+        check_graph_io(component, spec, {i.name: i.shape for i in session.get_inputs()}, "input")
+        check_graph_io(component, spec, {o.name: o.shape for o in session.get_outputs()}, "output")
+        return session
 
     def _run(self, component: str, handle: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [i.name for i in handle.get_inputs()]
