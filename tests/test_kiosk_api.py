@@ -160,15 +160,18 @@ BAD_INPUTS = {
     "unknown layout": (dict(), {"scene": "beach", "layout": "diagonal"}, 422, 7, "unknown layout"),
     "bad seed": (dict(), {"scene": "beach", "seed": "-3"}, 422, 1, "seed must be"),
     "photo over the upload limit": (dict(a=b"\0" * (2 * 2**20 + 10)), {"scene": "beach"}, 413, 3, "over the 2 MB"),
+    # a real selfie given to the synthetic-world default: the one line says so (no --face-index advice)
+    "a real photo": (dict(a=png_bytes(__import__("skimage.data").data.astronaut())), {"scene": "beach"}, 422, 4,
+                     "looks like a real photo", "Real photos"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_inputs_are_refused_with_one_json_line(server: KioskServer, case: str) -> None:
-    photos, data, status, code, fragment = BAD_INPUTS[case]
+    photos, data, status, code, *fragments = BAD_INPUTS[case]
     with client(server.url) as c:
         r = c.post("/api/generate", files=photo_files(**photos), data=data)
-        assert_one_line_error(r, status, code, fragment)
+        assert_one_line_error(r, status, code, *fragments)
 
 
 def test_missing_photo_and_oversize_bodies(server: KioskServer) -> None:

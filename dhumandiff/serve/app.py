@@ -36,6 +36,7 @@ import socket
 import time
 import urllib.parse
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -141,6 +142,8 @@ class _Answer:
     size: tuple[int, int]
     timings: dict[str, float]
     settings: dict[str, Any]
+    #: one-line notes for the guest (a real photo given to the synthetic-world default, a prompt cut at 77 tokens)
+    warnings: list[str] = field(default_factory=list)
 
 
 class UploadTooLarge(InputImageError):
@@ -159,10 +162,13 @@ def _status(exc: DHumanDiffError) -> int:
     return 400
 
 
+def _bounded(line: str) -> str:
+    """``line`` cut to :data:`MAX_LINE_CHARS` characters."""
+    return line[: MAX_LINE_CHARS - 3] + "..." if len(line) > MAX_LINE_CHARS else line
+
+
 def _error(status: int, message: str, code: int, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    line = message.splitlines()[0] if message else kind
-    if len(line) > MAX_LINE_CHARS:
-        line = line[: MAX_LINE_CHARS - 3] + "..."
+    line = _bounded(message.splitlines()[0] if message else kind)
     return JSONResponse({"error": line, "code": code, "type": kind}, status_code=status, headers=headers)
 
 
@@ -319,15 +325,19 @@ def create_app(
         face_a = load_rgb(job.face_a, f"photo a ({job.names[0]})", max_pixels=cfg.max_pixels)
         face_b = load_rgb(job.face_b, f"photo b ({job.names[1]})", max_pixels=cfg.max_pixels)
         decode = time.perf_counter() - t0
-        res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
-                  progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
+                      progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
         del face_a, face_b
         line.check_stop()  # nobody waits for it: neither encoded nor kept
         buf = io.BytesIO()
         res.image.save(buf, format="PNG")
         timings = {"queue_wait": started - job.submitted, "read_photos": decode,
                    **{k: float(v) for k, v in res.timings.items()}}
-        answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings))
+        notes = list(dict.fromkeys(_bounded((str(w.message).splitlines() or [""])[0]) for w in caught
+                                   if issubclass(w.category, UserWarning)))
+        answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings), notes)
         if cfg.keep_dir is not None:
             try:  # archiving is best-effort: a full or read-only disk must not cost the guest the portrait
                 _keep(job, answer)
@@ -481,6 +491,7 @@ def create_app(
             "width": answer.size[0], "height": answer.size[1],
             "timings": {k: round(v, 4) for k, v in answer.timings.items()},
             "steps": answer.settings.get("steps"), "runtime": answer.settings.get("runtime"),
+            "warnings": answer.warnings,
         }, headers={"Cache-Control": "no-store"})
 
     return app

@@ -11,6 +11,8 @@ backend). This module is torch-free.
 
 from __future__ import annotations
 
+import warnings
+
 import abc
 import os
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from PIL import Image
 
 from ...errors import FaceNotFoundError, InputImageError, MultipleFacesError
 from ..images import load_rgb  # the one photo loader (re-exported: analyzers take paths too)
+from .real_photo import looks_real, real_photo_message
 
 __all__ = ["Face", "FaceAnalyzer", "as_rgb_uint8", "l2_normalize", "load_rgb", "select_face", "square_crop"]
 
@@ -111,6 +114,8 @@ class FaceAnalyzer(abc.ABC):
 
     name: str = "face analyzer"
     min_face_px: int = 32
+    #: True for the synthetic world's analyzer: a real photo then gets ``real_photo.py``'s one line
+    synthetic_world: bool = False
 
     @property
     @abc.abstractmethod
@@ -154,19 +159,27 @@ class FaceAnalyzer(abc.ABC):
         name = name or "the photo"
         image = as_rgb_uint8(image, name)
         min_px = self.min_face_px if min_face_px is None else int(min_face_px)
-        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name, option)
+        real = self.synthetic_world and looks_real(image)
+        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name, option, real_photo=real)
         face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
         return face
 
 
 def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str,
-                option: str = "--face-index") -> Face:
+                option: str = "--face-index", real_photo: bool = False) -> Face:
     """The refusals every face photo goes through, given its detections sorted largest first.
 
     Shared by the analyzers and by the torch-free runtimes (which detect but embed through a graph), so a photo is
     accepted or refused, with the same one-line message, whatever runs the model. ``option`` is the flag that
     picks a face for this photo (``--face-index-a`` / ``--face-index-b``); a refusal names it and lists the faces.
+    ``real_photo``: a synthetic-world detector was given what looks like a real photo (``real_photo.py``): when it
+    does not find exactly one face the refusal says so (not "pass --face-index", which cannot help), and when
+    it does, the same line is a warning.
     """
+    if real_photo and (not faces or (face_index is None and len(faces) > 1)):
+        raise FaceNotFoundError(real_photo_message(name))
+    if real_photo:
+        warnings.warn(real_photo_message(name) + "; generating anyway", stacklevel=2)
     if not faces:
         raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
     if face_index is None:

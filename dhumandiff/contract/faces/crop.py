@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .base import as_rgb_uint8, select_face, square_crop
+from .real_photo import looks_real
 
 from ..bundle import IdentitySpec
 
@@ -33,5 +34,6 @@ class FaceCropper:
             return image
         rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
         faces = sorted(self.detector.detect(rgb), key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
-        face = select_face(faces, face_index, self.spec.min_face_px, name, option)
+        real = self.spec.detector == "world" and looks_real(rgb)
+        face = select_face(faces, face_index, self.spec.min_face_px, name, option, real_photo=real)
         return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))

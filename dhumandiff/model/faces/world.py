@@ -188,6 +188,7 @@ class WorldAnalyzer(FaceAnalyzer):
 
     name = "world"
     min_face_px = 12
+    synthetic_world = True
 
     def __init__(self, encoder: Any = None, detector: WorldFaceDetector | None = None, **detector_kw: Any) -> None:
         if encoder is None:
