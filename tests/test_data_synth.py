@@ -238,6 +238,32 @@ def test_check_reports_each_problem_with_its_file(tmp_path: Path) -> None:
     assert "cannot be read" in by_file["1.png"]
 
 
+def test_check_refuses_records_that_cannot_be_dual_person_records(tmp_path: Path) -> None:
+    """The schema accepts any number of people; a PairHuman dual-person record needs exactly two, with boxes of
+    positive area and two different identities."""
+    root = _small(tmp_path, count=4, heldout_fraction=0.0)
+    ann_dir = root / "annotations"
+
+    def edit(name: str, fn) -> None:
+        obj = json.loads((ann_dir / name).read_text())
+        fn(obj)
+        (ann_dir / name).write_text(json.dumps(obj))
+
+    edit("000000.json", lambda o: o["people"].pop())
+    edit("000001.json", lambda o: o["people"].append(dict(o["people"][0])))
+    edit("000002.json", lambda o: o["people"][1].__setitem__("identity_id", o["people"][0]["identity_id"]))
+    edit("000003.json", lambda o: o["people"][0].__setitem__("unique_coordinate", [10, 5, 10, 40]))
+    report = check_folder(root)
+    by_file: dict[str, str] = {}
+    for f, msg in report.problems:
+        by_file[Path(f).name] = by_file.get(Path(f).name, "") + msg
+    assert "exactly 2 people, this one 1" in by_file["000000.json"]
+    assert "exactly 2 people, this one 3" in by_file["000001.json"]
+    assert "two different people" in by_file["000002.json"]
+    assert "x_min < x_max" in by_file["000003.json"]  # the schema itself refuses a box without area
+    assert report.ok_count == 0
+
+
 def test_layout_is_configurable(tmp_path: Path) -> None:
     root = _small(tmp_path, count=2, heldout_fraction=0.0)
     (root / "images").rename(root / "img")

@@ -89,3 +89,26 @@ def test_converted_official_release_bundle_reproduces_the_official_faithful_refe
     assert main(["parity", str(bundle), "--steps", "3", "--report", str(report)]) == 0
     assert json.loads(report.read_text())["passed"]
     torch.set_grad_enabled(True)
+
+
+def test_generate_with_a_converted_model_names_the_face_models_option(tmp_path):
+    """A converted official model ships no face recogniser: without a pack the one line names --face-models."""
+    import subprocess
+    import sys
+
+    from dhumandiff.checks.parity import world_faces
+
+    sdxl, weights, _ = official_release(tmp_path)
+    folder = convert_official(sdxl, weights, tmp_path / "converted")
+    a, b, _ = world_faces(0)
+    a.save(tmp_path / "a.png")
+    b.save(tmp_path / "b.png")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DHUMANDIFF_FACE_MODELS"}
+    r = subprocess.run([sys.executable, "-m", "dhumandiff.cli.main", "generate", "--model", str(folder),
+                        "--face-a", str(tmp_path / "a.png"), "--face-b", str(tmp_path / "b.png"),
+                        "--prompt", "a man and a woman on the beach", "--out", str(tmp_path / "out.png")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 9, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--face-models" in lines[0] and "DHUMANDIFF_FACE_MODELS" in lines[0], r.stderr
+    assert not (tmp_path / "out.png").exists()

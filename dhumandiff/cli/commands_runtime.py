@@ -41,6 +41,7 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (never an input photo)."),
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What CFG steers away from (default: the model's recipe: '' for dhumandiff models, the official negative prompt for converted ones)."),
     region_masks: bool = typer.Option(None, "--region-masks/--no-region-masks", help="Gate each identity to its layout box (default: the recipe's; official-faithful models have none)."),
+    face_models: Path = typer.Option(None, "--face-models", envvar="DHUMANDIFF_FACE_MODELS", show_envvar=True, help="insightface pack folder (buffalo_l: det_10g.onnx, w600k_r50.onnx) for a converted official model (--model); nothing is downloaded."),
     cascade_mask: str = typer.Option(None, "--cascade-mask", help="Cascade stage-1 mask: official, two-person (the official recipe with person 2's map) or attention-mass (default: the recipe's)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
@@ -84,7 +85,7 @@ def generate(
                                     face_index_b=face_index_b, person_words=words, sampler=sampler,
                                     vae_precision=vae_precision, negative_prompt=negative_prompt,
                                     region_masks=region_masks, cascade_mask=cascade_mask,
-                                    progress=lambda i, n: update(i, n))
+                                    face_models=face_models, progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     console.print(f"wrote {out} in {time.time() - t0:.1f} s")
 

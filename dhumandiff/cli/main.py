@@ -95,6 +95,12 @@ def _main(argv: list[str] | None) -> int:
     except FileExistsError as exc:
         _error_line(str(exc))
         return 2
+    except ModuleNotFoundError as exc:  # an optional dependency this command needs is not installed
+        extra = missing_extra(exc.name or "")
+        if extra is None:
+            raise
+        _error_line(f"this command needs {exc.name}, which is not installed: pip install \"dhumandiff[{extra}]\"")
+        return 1
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         return 130
@@ -108,6 +114,21 @@ def _main(argv: list[str] | None) -> int:
             return exc.exit_code
         raise
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+#: Top-level modules of the optional dependencies -> the pyproject extra that installs them.
+OPTIONAL_MODULES: dict[str, str] = {
+    "torch": "torch", "diffusers": "torch", "transformers": "torch", "huggingface_hub": "torch",
+    "onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "coremltools": "coreml",
+    "onnxscript": "export", "optimum": "export", "nncf": "export", "accelerate": "train", "peft": "train",
+    "tensorboard": "train", "insightface": "faces", "dlib": "faces", "face_recognition_models": "faces",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+}
+
+
+def missing_extra(module: str) -> str | None:
+    """The extra that installs ``module`` (a dotted name's top level), or None if it is not an optional one."""
+    return OPTIONAL_MODULES.get(module.split(".")[0])
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -61,6 +61,7 @@ def _check_annotation(root: Path, layout: DatasetLayout, ann_path: Path, ann: An
         elif size != (info.width, info.height):
             issues.append(f"field 'Information': height/width {info.height}x{info.width} do not match the image "
                           f"{img_path.name} ({size[1]}x{size[0]})")
+    issues.extend(_dual_person_issues(ann))
     tol = BOX_TOLERANCE_PX
     for i, p in enumerate(ann.people):
         x0, y0, x1, y1 = p.unique_coordinate
@@ -75,6 +76,20 @@ def _check_annotation(root: Path, layout: DatasetLayout, ann_path: Path, ann: An
         caption_person_spans(ann)
     except AnnotationError as e:
         issues.append(str(e).removeprefix(f"{ann.source}: "))
+    return issues
+
+
+def _dual_person_issues(ann: Annotation) -> list[str]:
+    """What makes a record unusable as a *dual-person* PairHuman record (the schema itself accepts any number of
+    people and refuses boxes without area): exactly two people, and two different identities when the record
+    names them (training pairs each person with their own reference photos)."""
+    issues = []
+    if len(ann.people) != 2:
+        issues.append(f"field 'people': a dual-person record shows exactly 2 people, this one {len(ann.people)}")
+    ids = [p.identity_id for p in ann.people[:2]]
+    if len(ids) == 2 and ids[0] is not None and ids[0] == ids[1]:
+        issues.append(f"field 'people[1].identity_id': both people are identity {ids[0]!r}; a dual-person record "
+                      "needs two different people")
     return issues
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..contract import layout as layouts
 from ..contract.images import image01_to_pil, load_rgb
-from ..errors import SettingsError
+from ..errors import CheckpointError, SettingsError
 from ..utils.numerics import check_vae_precision, finite_setting
 from ..utils.prompt import person_positions
 from .dhumandiff_model import DHumanDiff
@@ -43,13 +43,24 @@ def load_model(name_or_path: str | None = None) -> DHumanDiff:
     return model
 
 
-def default_analyzer(model: DHumanDiff, backend: str | None = None, root: str | None = None) -> FaceAnalyzer:
-    """The tiny world's analyzer for models that ship an identity encoder, else insightface from ``root``."""
+#: Where the reference path finds an insightface pack when ``--face-models`` is not given.
+FACE_MODELS_ENV = "DHUMANDIFF_FACE_MODELS"
+
+
+def default_analyzer(model: DHumanDiff, backend: str | None = None, root: str | os.PathLike | None = None
+                     ) -> FaceAnalyzer:
+    """The tiny world's analyzer for models that ship an identity encoder, else insightface from ``root`` (or
+    ``$DHUMANDIFF_FACE_MODELS``): a converted official model needs a real face pack, which nothing downloads."""
     backend = backend or ("world" if model.identity_encoder is not None else "insightface")
     if backend == "world":
         return get_face_analyzer("world", encoder=model.identity_encoder)
     if backend == "insightface":
-        return get_face_analyzer("insightface", root=root)
+        root = root or os.environ.get(FACE_MODELS_ENV) or None
+        if root is None:
+            raise CheckpointError("this model needs an insightface face pack (it ships no face recogniser): pass "
+                                  f"--face-models DIR (a buffalo_l folder with det_10g.onnx and w600k_r50.onnx) or "
+                                  f"set {FACE_MODELS_ENV}")
+        return get_face_analyzer("insightface", root=str(root))
     return get_face_analyzer(backend)
 
 
@@ -80,14 +91,16 @@ def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyze
                       person_words: tuple[str, str] | None = None, sampler: str | None = None,
                       progress: Callable[[int, int], None] | None = None,
                       vae_precision: str | None = None, negative_prompt: str | None = None,
-                      region_masks: bool | None = None, cascade_mask: str | None = None) -> Portrait:
+                      region_masks: bool | None = None, cascade_mask: str | None = None,
+                      face_models: str | os.PathLike | None = None) -> Portrait:
     """Generate one dual portrait. Faces are paths, bytes, arrays or PIL images (person a, person b).
 
     Every user input is checked before the model runs (the runtimes refuse the same things). ``vae_precision``
     "fp16" decodes with an fp16 copy of the VAE (what an fp16 deployment does), "fp32"/None with the model's
     own fp32 VAE; every component's output is checked for NaN/Inf (:class:`NumericalError` names it).
     ``negative_prompt``, ``region_masks`` and ``cascade_mask`` depart from the model's conditioning recipe
-    (``contract/recipe.py``) for this image; None keeps the recipe's own.
+    (``contract/recipe.py``) for this image; None keeps the recipe's own. ``face_models``: the insightface pack
+    folder for models without their own face recogniser (default: ``$DHUMANDIFF_FACE_MODELS``).
     """
     cfg = model.config
     recipe = cfg.conditioning.with_options(negative_prompt=negative_prompt, region_masks=region_masks,
@@ -100,7 +113,7 @@ def generate_portrait(model: DHumanDiff, face_a, face_b, prompt: str, *, analyze
     # this sampler rasterises
     boxes = np.asarray(layouts.parse_layout(layout, (cfg.image_size, cfg.image_size)).boxes, dtype=np.float32)
     layouts.region_mask(layouts.Layout(*(tuple(float(v) for v in b) for b in boxes)), (cfg.latent_size,) * 2)
-    analyzer = analyzer or default_analyzer(model)
+    analyzer = analyzer or default_analyzer(model, root=face_models)
     faces = []
     for src, idx, label in ((face_a, face_index_a, "face a"), (face_b, face_index_b, "face b")):
         name = str(src) if isinstance(src, (str, os.PathLike)) else label

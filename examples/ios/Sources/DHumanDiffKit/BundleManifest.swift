@@ -111,6 +111,23 @@ public struct Defaults: Decodable {
     }
 }
 
+/// The bundle's conditioning recipe (`bundle.json` `recipe`, dhumandiff/contract/recipe.py). This sample runs
+/// CFG-free students, so the unconditional-branch choices (negative prompt, its text layer, the unconditional ID
+/// tokens) never apply here; the region masks and what CLIP sees do.
+public struct Recipe: Decodable {
+    public let name: String
+    public let regionMasks: Bool
+    public let clipInput: String
+
+    public static let project = Recipe(name: "dhumandiff", regionMasks: true, clipInput: "face-crop")
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case regionMasks = "region_masks"
+        case clipInput = "clip_input"
+    }
+}
+
 public enum BundleError: Error, CustomStringConvertible {
     case invalid(String)
 
@@ -137,12 +154,14 @@ public struct BundleManifest: Decodable {
     public let identity: IdentitySpec
     public let defaults: Defaults
     public let components: [String: ComponentEntry]
+    /// Absent in bundles written before recipes existed: this project's own.
+    public let recipe: Recipe?
     /// The bundle's scheduler section, untyped (diffusers' config dict).
     public private(set) var scheduler: [String: Any] = [:]
     public private(set) var root: URL = URL(fileURLWithPath: ".")
 
     enum CodingKeys: String, CodingKey {
-        case format, backbone, runtime, precision, latent, tokenizer, identity, defaults, components
+        case format, backbone, runtime, precision, latent, tokenizer, identity, defaults, components, recipe
         case formatVersion = "format_version"
         case modelName = "model_name"
         case imageSize = "image_size"

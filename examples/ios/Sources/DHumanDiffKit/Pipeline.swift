@@ -81,8 +81,10 @@ public final class DHumanDiffPipeline {
         let embedding = try run("identity_encoder", [
             "face": Images.faceTensor(face, size: id.faceSize, mean: id.arcfaceMean, std: id.arcfaceStd),
         ]).require("embedding", from: "identity_encoder")
+        let wholePhoto = (manifest.recipe ?? .project).clipInput == "photo"  // the official recipe
         let clip = try run("image_encoder", [
-            "pixel_values": Images.clipTensor(face, size: id.clipSize, mean: id.clipMean, std: id.clipStd),
+            "pixel_values": Images.clipTensor(wholePhoto ? photo : face, size: id.clipSize, mean: id.clipMean,
+                                              std: id.clipStd),
         ]).require("image_embeds", from: "image_encoder")
         let proj = try run("face_projection", ["image_embeds": clip, "id_embedding": embedding])
         return Person(ipTokens: try proj.require("ip_tokens", from: "face_projection"),
@@ -100,7 +102,9 @@ public final class DHumanDiffPipeline {
         let ids = tokenizer.encode(prompt).ids
         let (h, w) = m.latentSize
         let c = m.latent.channels
-        let mask = Tensor(shape: [1, 2, h, w], values: options.layout.regionMask(height: h, width: w))
+        let regionMasks = (manifest.recipe ?? .project).regionMasks  // false: the official recipe, no masks
+        let mask = Tensor(shape: [1, 2, h, w], values: regionMasks ? options.layout.regionMask(height: h, width: w)
+                                                                   : [Float](repeating: 1, count: 2 * h * w))
 
         let a = try encodePerson(faceA, detectFaces: options.detectFaces)
         let b = try encodePerson(faceB, detectFaces: options.detectFaces)
