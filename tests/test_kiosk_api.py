@@ -468,3 +468,28 @@ def test_serve_refuses_a_bad_bundle_and_a_busy_port_with_one_line(bundle: Path, 
     assert main(["serve", str(bundle), "--keep-dir", str(blocker / "kept")]) == 1  # refused at start-up
     err = capsys.readouterr().err
     assert "--keep-dir" in err and "cannot be created" in err and "Traceback" not in err
+
+
+def test_face_endpoint_shows_the_face_or_says_why_not(server: KioskServer) -> None:
+    """``POST /api/face``: the crop the generator will use, before generating; refusals in a guest's words (no CLI
+    flags)."""
+    from skimage import data as skdata
+
+    two = png_bytes(np.concatenate([load_rgb(FACE_A.read_bytes()), load_rgb(FACE_B.read_bytes())], axis=1))
+    with client(server.url) as c:
+        r = c.post("/api/face", files={"photo": ("a.png", FACE_A.read_bytes(), "image/png")}, data={"person": "a"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["person"] == "a" and body["detector"] == "world" and body["warnings"] == []
+        crop = decode_data_url(body["face"])
+        assert crop.shape[:2] == (body["height"], body["width"]) and crop.std() > 10
+        d = assert_one_line_error(c.post("/api/face", files={"photo": ("two.png", two, "image/png")},
+                                         data={"person": "b"}), 422, 5, "2 faces", "only this person")
+        assert "--face-index" not in d["error"]
+        assert_one_line_error(c.post("/api/face", files={"photo": ("me.png", png_bytes(skdata.astronaut()),
+                                                                   "image/png")}), 422, 4, "looks like a real photo")
+        assert_one_line_error(c.post("/api/face", files={"photo": ("x.png", b"not a photo", "image/png")}), 400, 3,
+                              "not an image")
+        r = c.post("/api/generate", files=photo_files(a=two), data={"scene": "beach"})
+        d = assert_one_line_error(r, 422, 5, "only this person")
+        assert "--face-index" not in d["error"]

@@ -189,3 +189,74 @@ def test_the_access_link_opens_the_kiosk_and_the_bare_address_does_not(browser: 
     browser.get(token_server.url + "/")
     _wait(browser, lambda d: "needs its access token" in d.find_element(By.ID, "status").text, 30)
     assert browser.execute_script("return document.body.dataset.ready") is None
+
+
+def still_to_y4m(image: Any, path: Path, frames: int = 30) -> Path:
+    """A Y4M video (Chromium's fake camera reads this format) showing one still: 4:2:0, full-range BT.601 as
+    Pillow's YCbCr conversion makes it (``C420jpeg``)."""
+    from PIL import Image
+
+    img = Image.open(image).convert("RGB") if not hasattr(image, "convert") else image.convert("RGB")
+    w, h = (img.size[0] // 2) * 2, (img.size[1] // 2) * 2
+    ycc = img.crop((0, 0, w, h)).convert("YCbCr")
+    y, cb, cr = (np.asarray(c, dtype=np.uint8) for c in ycc.split())
+    sub = [np.asarray(Image.fromarray(c).resize((w // 2, h // 2), Image.BILINEAR)) for c in (cb, cr)]
+    frame = b"FRAME\n" + y.tobytes() + sub[0].tobytes() + sub[1].tobytes()
+    path.write_bytes(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode() + frame * frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera_browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Headless Chromium whose camera is a fake device playing a still of person a (a tiny-world face, upscaled
+    to a webcam-like 448 px)."""
+    webdriver = _selenium()
+    from PIL import Image
+    from selenium.webdriver.chrome.service import Service
+
+    folder = tmp_path_factory.mktemp("camera")
+    video = still_to_y4m(Image.open(FACE_A).resize((448, 448), Image.NEAREST), folder / "person_a.y4m")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={video}", "--window-size=1000,1100",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-camera-profile')}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_guest_is_photographed_by_the_kiosk_camera(camera_browser: Any, server: KioskServer) -> None:
+    """Person a from the camera (getUserMedia), person b from a file: each face the kiosk found is shown before
+    generating, then the portrait appears; a photo without a face is refused on the spot, in words."""
+    from selenium.webdriver.common.by import By
+
+    browser = camera_browser
+    _open(browser, server.url)
+    browser.find_element(By.ID, "camera_a").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const v = document.getElementById('camera'); return v.videoWidth > 0 && !v.paused"), timeout=30)
+    browser.find_element(By.ID, "snap").click()
+    _wait(browser, lambda d: "Face found" in d.find_element(By.ID, "found_a").text, timeout=60)
+    face_a = decode_data_url(browser.find_element(By.ID, "preview_a").get_attribute("src"))
+    assert face_a.shape[0] == face_a.shape[1] and face_a.std() > 10  # the detected face crop, shown to the guest
+    assert browser.execute_script("return document.getElementById('camera_panel').hidden")  # camera released
+
+    blank = Path(browser.capabilities.get("chrome", {}).get("userDataDir", "/tmp")) / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (112, 112), (200, 200, 200)).save(blank)
+    browser.find_element(By.ID, "face_b").send_keys(str(blank))
+    _wait(browser, lambda d: "no face found" in d.find_element(By.ID, "found_b").text, timeout=60)
+    assert "error" in browser.find_element(By.ID, "found_b").get_attribute("class")
+
+    browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    _wait(browser, lambda d: "Face found" in d.find_element(By.ID, "found_b").text, timeout=60)
+    browser.find_element(By.ID, "scene-beach").click()
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('result'); return i.complete && i.naturalWidth > 0"))
+    assert browser.find_element(By.ID, "timing").text.startswith("Generated in ")

@@ -45,6 +45,8 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import cookie_parser
@@ -79,7 +81,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing on top of the two photos
-_CSP = ("default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+_CSP = ("default-src 'none'; img-src 'self' data: blob:; media-src mediastream: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
         "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
@@ -160,6 +162,15 @@ def _status(exc: DHumanDiffError) -> int:
         if cls in _STATUS:
             return _STATUS[cls]
     return 400
+
+
+_FACE_INDEX_ADVICE = re.compile(r"; pass --face-index(-[ab])? N to pick one.*$")
+
+
+def guest_words(message: str) -> str:
+    """A refusal as a guest can act on it: the CLI's "pass --face-index-a N" advice (a flag the kiosk page does
+    not have) becomes "use a photo with only this person in it"."""
+    return _FACE_INDEX_ADVICE.sub("; use a photo with only this person in it", message)
 
 
 def _bounded(line: str) -> str:
@@ -327,8 +338,11 @@ def create_app(
         decode = time.perf_counter() - t0
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
-                      progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
+            try:
+                res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
+                          progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop next step
+            except MultipleFacesError as exc:
+                raise MultipleFacesError(guest_words(str(exc))) from None
         del face_a, face_b
         line.check_stop()  # nobody waits for it: neither encoded nor kept
         buf = io.BytesIO()
@@ -424,6 +438,47 @@ def create_app(
         return {**presets.as_json(), "limits": {"max_upload_mb": cfg.max_upload_mb, "max_pixels": cfg.max_pixels,
                                                 "queue": cfg.queue}}
 
+    async def read_photo(label: str, upload: UploadFile | None) -> tuple[bytes, str]:
+        """One uploaded photo's bytes and its (bounded) file name, refused when missing, empty or too large."""
+        if upload is None:
+            raise InputImageError(f"photo {label} is missing: upload a photo of person {label} as face_{label}")
+        data = await upload.read()
+        name = shown(Path(upload.filename or f"face_{label}").name, 100, quote=False)
+        if not data:
+            raise InputImageError(f"photo {label} ({name}) is empty (0 bytes): upload the photo again")
+        if len(data) > cfg.max_upload_bytes:
+            raise UploadTooLarge(f"photo {label} ({name}) is {len(data) / 2**20:.1f} MB, over the "
+                                 f"{cfg.max_upload_mb:g} MB limit: use a smaller photo")
+        return data, name
+
+    def detect(data: bytes, label: str, name: str) -> dict[str, Any]:
+        """The face the bundle's detector takes from one photo, as the generator will crop it (PNG data URL)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            photo = load_rgb(data, f"photo {label} ({name})", max_pixels=cfg.max_pixels)
+            try:
+                crop = gen.cropper(Image.fromarray(photo), None, f"photo {label} ({name})", f"--face-index-{label}")
+            except MultipleFacesError as exc:
+                raise MultipleFacesError(guest_words(str(exc))) from None
+        buf = io.BytesIO()
+        crop.convert("RGB").save(buf, format="PNG")
+        notes = list(dict.fromkeys(_bounded((str(w.message).splitlines() or [""])[0]) for w in caught
+                                   if issubclass(w.category, UserWarning)))
+        return {"person": label, "face": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+                "width": crop.size[0], "height": crop.size[1], "detector": manifest.identity.detector,
+                "warnings": notes}
+
+    @app.post("/api/face", max_body_size=body_limit)
+    async def face(
+        photo: UploadFile | None = File(None, description="One person's photo (camera frame or file)."),
+        person: str = Form("a", pattern="^[ab]$", description="Which person the photo is of: a or b."),
+    ) -> JSONResponse:
+        """The face the kiosk will use from this photo, before generating: the guest sees it, or why the photo
+        will not do (the same one-line refusal generating would give)."""
+        data, name = await read_photo(person, photo)
+        found = await run_in_threadpool(detect, data, person, name)
+        return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
     @app.post("/api/generate", max_body_size=body_limit)
     async def generate(
         request: Request,
@@ -436,18 +491,7 @@ def create_app(
         format: str = Query("json", pattern="^(json|png)$", description="json (data URL + timings) or png."),
     ) -> Response:
         t_request = time.perf_counter()
-        photos = []
-        for label, upload in (("a", face_a), ("b", face_b)):
-            if upload is None:
-                raise InputImageError(f"photo {label} is missing: upload a photo of person {label} as face_{label}")
-            data = await upload.read()
-            name = shown(Path(upload.filename or f"face_{label}").name, 100, quote=False)
-            if not data:
-                raise InputImageError(f"photo {label} ({name}) is empty (0 bytes): upload the photo again")
-            if len(data) > cfg.max_upload_bytes:
-                raise UploadTooLarge(f"photo {label} ({name}) is {len(data) / 2**20:.1f} MB, over the "
-                                      f"{cfg.max_upload_mb:g} MB limit: use a smaller photo")
-            photos.append((data, name))
+        photos = [await read_photo(label, upload) for label, upload in (("a", face_a), ("b", face_b))]
         if len(prompt) > MAX_PROMPT_CHARS:
             raise PromptError(f"the prompt is {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
         text, scene_id = presets.scene_prompt(scene, prompt)
