@@ -475,6 +475,9 @@ def _det_sizes(det_size: Any) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
     for item in items:
         w, h = (int(v) for v in item)
+        if w == 0 and h == 0:  # insightface's "auto": its two default sizes, merged
+            sizes += [size for size in ((128, 128), (640, 640)) if size not in sizes]
+            continue
         if w <= 0 or h <= 0:
             raise ValueError(f"det_size must be positive, got {w}x{h}")
         if (w, h) not in sizes:
