@@ -9,6 +9,7 @@ the NumPy sampler follows it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,33 @@ def test_generate_with_a_converted_model_names_the_face_models_option(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--face-models" in lines[0] and "DHUMANDIFF_FACE_MODELS" in lines[0], r.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(tmp_path):
+    """``generate --model CONVERTED --face-models PACK`` on real photos (scikit-image's astronaut, a person from the
+    insightface wheel's group photo): the torch-free pack pipeline finds the faces (the largest, said in one
+    warning line), ArcFace embeds them, and the official-faithful reference paints the portrait."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from face_pack_fixtures import make_pack
+
+    insightface = pytest.importorskip("insightface")
+    sdxl, weights, _ = official_release(tmp_path)
+    folder = convert_official(sdxl, weights, tmp_path / "converted")
+    pack = make_pack(tmp_path / "faces")
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "a.png")
+    group = Image.open(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg").convert("RGB")
+    group.crop((400, 0, 750, 300)).save(tmp_path / "b.jpg", quality=95)
+    env = {k: v for k, v in os.environ.items() if k != "DHUMANDIFF_FACE_MODELS"}
+    r = subprocess.run([sys.executable, "-m", "dhumandiff.cli.main", "generate", "--model", str(folder),
+                        "--face-models", str(pack), "--face-a", str(tmp_path / "a.png"), "--face-b",
+                        str(tmp_path / "b.jpg"), "--prompt", "a man and a woman on the beach", "--steps", "2",
+                        "--out", str(tmp_path / "out.png")], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "using the largest" in r.stderr and "Traceback" not in r.stderr
+    assert Image.open(tmp_path / "out.png").size == (64, 64)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..contract import layout as layouts
 from ..contract.images import image01_to_pil, load_rgb
-from ..errors import CheckpointError, SettingsError
+from ..errors import SettingsError
 from ..utils.numerics import check_vae_precision, finite_setting
 from ..utils.prompt import person_positions
 from .dhumandiff_model import DHumanDiff
@@ -43,24 +43,20 @@ def load_model(name_or_path: str | None = None) -> DHumanDiff:
     return model
 
 
-#: Where the reference path finds an insightface pack when ``--face-models`` is not given.
-FACE_MODELS_ENV = "DHUMANDIFF_FACE_MODELS"
-
-
 def default_analyzer(model: DHumanDiff, backend: str | None = None, root: str | os.PathLike | None = None
                      ) -> FaceAnalyzer:
-    """The tiny world's analyzer for models that ship an identity encoder, else insightface from ``root`` (or
-    ``$DHUMANDIFF_FACE_MODELS``): a converted official model needs a real face pack, which nothing downloads."""
-    backend = backend or ("world" if model.identity_encoder is not None else "insightface")
+    """The tiny world's analyzer for models that ship an identity encoder; else the torch-free insightface pack
+    pipeline (``contract/faces/insightface_pack.py``, the one the bundles run) from ``root`` or
+    ``$DHUMANDIFF_FACE_MODELS``: a converted official model needs a real face pack, which nothing downloads."""
+    backend = backend or ("world" if model.identity_encoder is not None else "pack")
     if backend == "world":
         return get_face_analyzer("world", encoder=model.identity_encoder)
+    if backend == "pack":
+        from ..contract.faces.insightface_pack import PackFaceAnalyzer
+
+        return PackFaceAnalyzer(root)
     if backend == "insightface":
-        root = root or os.environ.get(FACE_MODELS_ENV) or None
-        if root is None:
-            raise CheckpointError("this model needs an insightface face pack (it ships no face recogniser): pass "
-                                  f"--face-models DIR (a buffalo_l folder with det_10g.onnx and w600k_r50.onnx) or "
-                                  f"set {FACE_MODELS_ENV}")
-        return get_face_analyzer("insightface", root=str(root))
+        return get_face_analyzer("insightface", root=None if root is None else str(root))
     return get_face_analyzer(backend)
 
 

@@ -116,6 +116,8 @@ class FaceAnalyzer(abc.ABC):
     min_face_px: int = 32
     #: True for the synthetic world's analyzer: a real photo then gets ``real_photo.py``'s one line
     synthetic_world: bool = False
+    #: True for real-photo analyzers: of several faces the largest is taken (with a warning), not refused
+    pick_largest: bool = False
 
     @property
     @abc.abstractmethod
@@ -160,13 +162,14 @@ class FaceAnalyzer(abc.ABC):
         image = as_rgb_uint8(image, name)
         min_px = self.min_face_px if min_face_px is None else int(min_face_px)
         real = self.synthetic_world and looks_real(image)
-        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name, option, real_photo=real)
+        face = select_face(self._sorted(self.detect(image)), face_index, min_px, name, option, real_photo=real,
+                           pick_largest=self.pick_largest)
         face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
         return face
 
 
 def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str,
-                option: str = "--face-index", real_photo: bool = False) -> Face:
+                option: str = "--face-index", real_photo: bool = False, pick_largest: bool = False) -> Face:
     """The refusals every face photo goes through, given its detections sorted largest first.
 
     Shared by the analyzers and by the torch-free runtimes (which detect but embed through a graph), so a photo is
@@ -174,7 +177,8 @@ def select_face(faces: list[Face], face_index: int | None, min_face_px: int, nam
     picks a face for this photo (``--face-index-a`` / ``--face-index-b``); a refusal names it and lists the faces.
     ``real_photo``: a synthetic-world detector was given what looks like a real photo (``real_photo.py``): when it
     does not find exactly one face the refusal says so (not "pass --face-index", which cannot help), and when
-    it does, the same line is a warning.
+    it does, the same line is a warning. ``pick_largest`` (real-photo detectors: people in the background are
+    normal): several faces and no ``face_index`` take the largest, and a warning says so.
     """
     if real_photo and (not faces or (face_index is None and len(faces) > 1)):
         raise FaceNotFoundError(real_photo_message(name))
@@ -183,7 +187,10 @@ def select_face(faces: list[Face], face_index: int | None, min_face_px: int, nam
     if not faces:
         raise FaceNotFoundError(f"no face found in {name}: use a clear, front-facing photo of one person")
     if face_index is None:
-        if len(faces) > 1:
+        if len(faces) > 1 and pick_largest:
+            warnings.warn(f"{len(faces)} faces found in {name}; using the largest ({_describe(faces, 1)}); pass "
+                          f"{option} N to pick another", stacklevel=2)
+        elif len(faces) > 1:
             raise MultipleFacesError(f"{len(faces)} faces found in {name}; pass {option} N to pick one (0 = largest; "
                                      f"here {_describe(faces)}) or crop the photo to one person")
         face = faces[0]

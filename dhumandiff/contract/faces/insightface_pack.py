@@ -566,6 +566,7 @@ class PackFaceAnalyzer(FaceAnalyzer):
 
     name = "insightface pack"
     min_face_px = 32
+    pick_largest = True  # real photos: a face in the background must not stop the portrait
 
     def __init__(self, root: str | os.PathLike | None = None, name: str = "buffalo_l",
                  det_size: Any = (640, 640), det_thresh: float = 0.5, nms_thresh: float = 0.4,
