@@ -143,3 +143,59 @@ def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(tmp_path
     assert r.returncode == 0, r.stderr
     assert "using the largest" in r.stderr and "Traceback" not in r.stderr
     assert Image.open(tmp_path / "out.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_converted_model_bundle_ships_the_face_pack_and_runs_real_photos(tmp_path, runtime):
+    """``export RUNTIME CONVERTED --face-models PACK``: the pack's detector and recogniser go into the bundle,
+    hashed; ``generate --bundle`` on real photos finds, aligns and embeds the faces exactly as the reference's
+    pack pipeline does (same embeddings), and ``parity`` passes end to end."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from dhumandiff.contract.faces.insightface_pack import PackFaceAnalyzer
+    from face_pack_fixtures import make_pack
+
+    insightface = pytest.importorskip("insightface")
+    sdxl, weights, _ = official_release(tmp_path)
+    folder = convert_official(sdxl, weights, tmp_path / "converted")
+    pack = make_pack(tmp_path / "faces")
+    bundle = tmp_path / "bundle"
+    assert main(["export", runtime, str(folder), "--out", str(bundle), "--face-models", str(pack)]) == 0
+    raw = json.loads((bundle / "bundle.json").read_text())
+    ident = raw["identity"]
+    assert ident["detector"] == "scrfd" and (bundle / ident["detector_file"]).is_file()
+    assert raw["export"]["face_pack"] == {"detector": "det_10g.onnx", "recogniser": "w600k_r50.onnx"}
+    assert main(["verify", str(bundle)]) == 0
+
+    astronaut = skdata.astronaut()
+    group = np.asarray(Image.open(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg").convert("RGB"))
+    gen = load_bundle(bundle)
+    ours = PackFaceAnalyzer(pack)
+    for photo in (astronaut, group):
+        with pytest.warns(UserWarning, match="using the largest"):
+            crop = gen.cropper(Image.fromarray(photo), None, "photo", "--face-index-a")
+        x = np.asarray(crop)
+        from dhumandiff.contract.images import preprocess_face
+
+        emb = gen.runner.run("identity_encoder", {"face": preprocess_face(crop, 112, ident["arcface_mean"],
+                                                                          ident["arcface_std"])})["embedding"]
+        with pytest.warns(UserWarning):
+            ref = ours.analyze_single(photo)
+        cos = float(emb.ravel() @ ref.embedding / np.linalg.norm(emb))
+        assert cos >= 0.9999, cos
+        assert x.shape == (112, 112, 3)
+    out = gen(Image.fromarray(astronaut), Image.fromarray(group), "a man and a woman on the beach", steps=2)
+    assert out.image.size == (64, 64)
+
+    # parity on the real photos (the reference embeds with the bundle's recogniser, copied verbatim)
+    Image.fromarray(astronaut).save(tmp_path / "a.png")
+    Image.fromarray(group).save(tmp_path / "b.png")
+    report = tmp_path / "parity.json"
+    assert main(["parity", str(bundle), "--steps", "2", "--report", str(report), "--face-a", str(tmp_path / "a.png"),
+                 "--face-b", str(tmp_path / "b.png"), "--prompt", "a man and a woman on the beach"]) == 0
+    assert json.loads(report.read_text())["passed"]
+    # a tampered detector is caught
+    (bundle / ident["detector_file"]).write_bytes(b"tampered")
+    assert main(["verify", str(bundle)]) == 10
+    torch.set_grad_enabled(True)

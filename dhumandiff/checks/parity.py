@@ -267,6 +267,8 @@ def component_parity(manifest: Any, model: DHumanDiff, runner: Any, budget: dict
     results = []
     batch = manifest.unet_batch
     for name in manifest.components:
+        if name == "identity_encoder" and model.identity_encoder is None:
+            continue  # an insightface pack's recogniser, copied verbatim (checked against the pack at export)
         spec = get_spec(name, model)
         example = spec.example(model, batch, seed)
         reference = torch_outputs(spec, spec.build(model).eval(), example)
@@ -297,18 +299,54 @@ def world_faces(seed: int = 0) -> tuple[Any, Any, tuple[str, str]]:
     return render_face(a, 112), render_face(b, 112), words  # type: ignore[return-value]
 
 
-def _face_input(model: DHumanDiff, image: Any, identity: Any):
-    """One person's reference conditioning from the runtime's own preprocessing of the same photo."""
+def _bundle_face_analyzer(generator: Any) -> Any:
+    """The bundle's own face pipeline (its SCRFD detector, its recogniser graph on the bundle's runtime) as an
+    analyzer: a converted official model has no recogniser of its own to judge faces with."""
+    from PIL import Image
+
+    from ..contract.faces.base import Face, FaceAnalyzer, square_crop
+    from ..contract.faces.insightface_pack import norm_crop
+    from ..contract.images import preprocess_face
+
+    ident = generator.manifest.identity
+
+    class BundleFaces(FaceAnalyzer):
+        name = "bundle face pack"
+
+        @property
+        def embedding_dim(self) -> int:
+            return int(generator.manifest.components["identity_encoder"].outputs["embedding"].shape[-1])
+
+        def detect(self, image: np.ndarray) -> list[Face]:
+            det, kpss = generator.cropper.scrfd.detect(np.ascontiguousarray(image))
+            return [Face(bbox=det[i, :4], score=float(det[i, 4]), kps=None if kpss is None else kpss[i],
+                         kps_format="arcface") for i in range(det.shape[0])]
+
+        def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+            crop = (norm_crop(image, face.kps, ident.face_size) if face.kps is not None
+                    else square_crop(image, face.bbox, ident.face_size, context=1.0))
+            x = preprocess_face(Image.fromarray(crop), ident.face_size, ident.arcface_mean, ident.arcface_std)
+            return generator.runner.run("identity_encoder", {"face": x})["embedding"].reshape(-1)
+
+    return BundleFaces()
+
+
+def _face_input(model: DHumanDiff, image: Any, identity: Any, generator: Any = None):
+    """One person's reference conditioning from the runtime's own preprocessing of the same photo (a bundle that
+    ships an insightface pack: its recogniser graph, copied verbatim and checked at export, embeds the face)."""
     from ..model.face_inputs import FaceInput
     from ..contract.faces.crop import FaceCropper
     from ..contract.images import preprocess_clip, preprocess_clip_photo, preprocess_face, square_resize, to_rgb
 
     cfg = model.config
     photo = image
-    image = FaceCropper(identity)(image)  # the bundle's detector and crop, as the runtime applies them
+    image = (generator.cropper if generator is not None else FaceCropper(identity))(image)  # as the runtime crops
     face = preprocess_face(image, cfg.face_size, identity.arcface_mean, identity.arcface_std)
-    with torch.no_grad():
-        emb = get_spec("identity_encoder").build(model).eval()(torch.from_numpy(face))[0].numpy()
+    if model.identity_encoder is None:
+        emb = generator.runner.run("identity_encoder", {"face": face})["embedding"][0]
+    else:
+        with torch.no_grad():
+            emb = get_spec("identity_encoder").build(model).eval()(torch.from_numpy(face))[0].numpy()
     if cfg.conditioning.clip_input == "photo":  # the official recipe: CLIP sees the whole photo
         clip = preprocess_clip_photo(photo, cfg.clip_size, cfg.clip_mean, cfg.clip_std)[0]
     else:
@@ -335,7 +373,8 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
     from ..contract.images import load_image
     from ..utils.prompt import person_positions
 
-    if model.identity_encoder is None:
+    pack = manifest.identity.detector == "scrfd"
+    if model.identity_encoder is None and not pack:
         raise BundleError("end-to-end parity needs the model's identity encoder (the bundle's identity_encoder "
                           "graph is its export)")
     if faces is None:
@@ -352,9 +391,9 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
     boxes = grid_boxes(h, w)
 
     ids, positions = person_positions(model.tokenizer.backend_tokenizer, prompt, person_words)
-    refs = tuple(_face_input(model, img, manifest.identity) for img in images)
     sampler = ReferenceSampler(model)
     generator = _generator(bundle, manifest, device, runner)
+    refs = tuple(_face_input(model, img, manifest.identity, generator) for img in images)
 
     def both(s: int) -> tuple[np.ndarray, np.ndarray]:
         """The torch reference image and the bundle's image for seed ``s`` (uint8 HxWx3 each)."""
@@ -371,6 +410,8 @@ def end_to_end_parity(bundle: Path, manifest: Any, model: DHumanDiff, budget: di
         raise BundleError(f"the bundle generated a {produced.shape[1]}x{produced.shape[0]} image, the reference "
                           f"{reference.shape[1]}x{reference.shape[0]}; re-export the bundle")
 
+    if analyzer is None and pack:
+        analyzer = _bundle_face_analyzer(generator)
     if analyzer is None:
         try:
             analyzer = default_analyzer(model)

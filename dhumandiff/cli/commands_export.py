@@ -56,12 +56,15 @@ def _export_command(runtime: str) -> Callable[..., None]:
         symmetric: bool = typer.Option(False, "--symmetric", help="openvino int8/int4 weights: symmetric (SYM)."),
         int8_kernel: str = typer.Option("auto", "--int8-kernel", help="onnx int8: u8s8 (fast and exact with "
                                         "VNNI), u8u8 (exact on every CPU) or auto (chosen by this CPU)."),
+        face_models: Path = typer.Option(None, "--face-models", help="insightface pack folder (buffalo_l: "
+                                         "det_10g.onnx, w600k_r50.onnx) the bundle ships as its face detector and "
+                                         "recogniser: for converted official models, which have none of their own."),
     ) -> None:
         q = quantize_options(quantize, calibration, batch=batch, keep_float=keep_float, group_size=group_size,
                              symmetric=symmetric, int8_kernel=int8_kernel)
         if batch is not None:
             return _export_batch(runtime, model, batch, out, precision, dynamic, overwrite)
-        _export(runtime, model, out, precision, dynamic, overwrite, quantization=q)
+        _export(runtime, model, out, precision, dynamic, overwrite, quantization=q, face_models=face_models)
 
     command.__name__ = f"export_{runtime}"
     return command
@@ -96,15 +99,15 @@ def _coreml_command() -> Callable[..., None]:
 
 
 def _export(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
-            quantization=None) -> None:
+            quantization=None, face_models: Path | None = None) -> None:
     label = precision if quantization is None else f"{precision} -> {quantization.mode}"
     with progress_bar(f"export {runtime} {label}") as update:
-        path = _export_model(runtime, model, out, precision, dynamic, overwrite, update, quantization)
+        path = _export_model(runtime, model, out, precision, dynamic, overwrite, update, quantization, face_models)
     console.print(f"wrote {path}")
 
 
 def _export_model(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
-                  progress: Callable[..., None], quantization=None) -> Path:
+                  progress: Callable[..., None], quantization=None, face_models: Path | None = None) -> Path:
     """Load one model and export it (what a single export and each item of a ``--batch`` run do)."""
     from ..export.bundle import export_bundle
     from ..model.generate import load_model
@@ -112,7 +115,7 @@ def _export_model(runtime: str, model: str, out: Path, precision: str, dynamic: 
     source = source_name(model)
     m = load_model(model)
     return export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=progress,
-                         source_model=source, quantization=quantization)
+                         source_model=source, quantization=quantization, face_models=face_models)
 
 
 def _export_batch(runtime: str, model: str, batch: Path, out: Path, precision: str, dynamic: bool,

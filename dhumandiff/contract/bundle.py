@@ -143,9 +143,13 @@ class IdentitySpec:
     # are taken as aligned face crops) and the smallest face side it accepts.
     detector: str = "none"
     min_face_px: int = 12
+    # "scrfd": an insightface pack's SCRFD detector shipped in the bundle (``detector_file``, hashed by
+    # ``detector_sha256``), its faces aligned onto ArcFace's 112x112 template by their five landmarks.
+    detector_file: str | None = None
+    detector_sha256: str | None = None
 
 
-DETECTORS = ("none", "world")
+DETECTORS = ("none", "world", "scrfd")
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,8 @@ class Manifest:
             "scheduler": dict(self.scheduler),
             "tokenizer": _tokenizer_dict(self.tokenizer),
             "identity": {
-                **dataclasses.asdict(self.identity),
+                **{k: v for k, v in dataclasses.asdict(self.identity).items()
+                   if v is not None or k not in ("detector_file", "detector_sha256")},
                 "clip_mean": list(self.identity.clip_mean),
                 "clip_std": list(self.identity.clip_std),
             },
@@ -468,10 +473,16 @@ def manifest_from_dict(d: Mapping[str, Any], runtime: str | None = None) -> Mani
         arcface_std=_float(ident, "arcface_std", "identity", positive=True),
         detector=_str(ident, "detector", "identity") if "detector" in ident else "none",
         min_face_px=_int(ident, "min_face_px", "identity", minimum=1) if "min_face_px" in ident else 12,
+        detector_file=_str(ident, "detector_file", "identity") if "detector_file" in ident else None,
+        detector_sha256=_str(ident, "detector_sha256", "identity") if "detector_sha256" in ident else None,
     )
     if identity.detector not in DETECTORS:
         raise BundleError(f"identity.detector {identity.detector!r} is not one of {', '.join(DETECTORS)}: re-export the "
                           f"bundle with this dhumandiff version")
+    if identity.detector == "scrfd" and (identity.detector_file is None or identity.detector_sha256 is None
+                                         or not _HEX64.match(identity.detector_sha256)):
+        raise _fail(f"bundle.json: identity.detector scrfd needs identity.detector_file and its sha256 "
+                    f"(identity.detector_sha256); {_REEXPORT}")
 
     dft = _obj(d, "defaults")
     defaults = Defaults(
@@ -831,6 +842,18 @@ def verify_files(m: Manifest, root: Path, check_hashes: bool = True) -> None:
                         f"bundle.json: components.{name} does not list {rel}, but {why}: every file a graph loads "
                         f"must be in its extra_files and sha256; {_REEXPORT}"
                     )
+    ident = m.identity
+    if ident.detector_file is not None:
+        path = _safe_path(root, ident.detector_file, "identity.detector_file")
+        kind = _file_kind(path)
+        if kind == "missing":
+            raise _fail(f"bundle file {ident.detector_file} is missing from {root} (identity.detector_file); copy the "
+                        "whole bundle again")
+        if kind != "file":
+            raise _not_a_file(ident.detector_file, "identity.detector_file")
+        if check_hashes and sha256_file(path) != ident.detector_sha256:
+            raise _fail(f"sha256 mismatch for {ident.detector_file} (the face detector): the file is corrupt or was "
+                        "modified; copy the bundle again or re-export it")
     for where, tok in (("tokenizer", m.tokenizer), ("tokenizer_2", m.tokenizer_2)):
         if tok is None:
             continue

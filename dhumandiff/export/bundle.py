@@ -146,14 +146,16 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
                   dynamic: bool = False, overwrite: bool = False, progress: Progress | None = None, *,
                   source_model: str | None = None, model_name: str | None = None,
                   specs: Sequence[ComponentSpec] | None = None, validate: bool = True, seed: int = 0,
-                  quantization: "QuantizeOptions | None" = None) -> Path:
+                  quantization: "QuantizeOptions | None" = None, face_models: str | Path | None = None) -> Path:
     """Export ``model`` as a bundle for ``runtime`` at ``out_dir``; returns ``out_dir``.
 
     ``source_model`` (an embedded model name or folder) is recorded so ``dhumandiff parity`` can rebuild the
     reference; ``specs`` overrides :func:`components_for` (custom tolerances, tests); ``validate=False`` skips
     the per-graph check (for runtimes that cannot execute here). ``quantization``
     (:class:`~.quantize_modes.QuantizeOptions`) makes a quantised variant of the ``precision`` export, with its
-    fidelity budget in ``bundle.json`` (``quantize_modes.py``). Raises ``FileExistsError`` when ``out_dir``
+    fidelity budget in ``bundle.json`` (``quantize_modes.py``). ``face_models``: an insightface pack folder whose
+    detector and recogniser the bundle ships (a converted official model has no recogniser of its own;
+    ``face_pack.py``). Raises ``FileExistsError`` when ``out_dir``
     exists and ``overwrite`` is false, :class:`ParityError` when a graph misses its tolerance.
     """
     if runtime not in RUNTIMES:
@@ -169,10 +171,15 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
     options = ExportOptions(runtime, precision, dynamic, validate, seed)
     specs = list(specs) if specs is not None else components_for(model)
     missing = [name for name in REQUIRED_COMPONENTS if name not in {s.name for s in specs}]
+    if face_models is not None and model.identity_encoder is not None:
+        raise DHumanDiffError(f"{model.config.name} model ships its own identity encoder; --face-models is for models "
+                              "without one (converted official checkpoints): leave it out")
+    if face_models is not None:
+        missing = [name for name in missing if name != "identity_encoder"]
     if "identity_encoder" in missing and model.identity_encoder is None:
         raise DHumanDiffError(f"{model.config.name} model has no identity encoder, and a bundle must ship one "
-                              f"(the runtimes embed the face photos with it); export a model with an "
-                              f"identity_encoder/ folder")
+                              f"(the runtimes embed the face photos with it): pass --face-models DIR (an "
+                              f"insightface buffalo_l folder) or export a model with an identity_encoder/ folder")
     if missing:
         raise DHumanDiffError(f"a bundle needs the component(s) {', '.join(missing)}; add their specs")
     model.eval()
@@ -193,17 +200,30 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
 
             components, quantized, section = apply_quantization(model, tmp, runtime, components, quantization,
                                                                 seed, progress)
+        identity: dict = {}
+        info_pack = None
+        if face_models is not None:
+            from .face_pack import pack_identity
+
+            if progress:
+                progress(len(specs), total, "face pack")
+            pack_component, identity, info_pack = pack_identity(face_models, tmp, runtime, model.config.face_size,
+                                                                exporter(runtime))
+            components.insert(0, pack_component)
         if progress:
             progress(len(specs), total, "tokenizer + bundle.json")
         by_name = {s.name: s for s in specs}
-        tolerances = {c.name: quantized.get(c.name) or by_name[c.name].tolerance(c.precision) for c in components}
+        tolerances = {c.name: quantized.get(c.name) or by_name[c.name].tolerance(c.precision) for c in components
+                      if c.name in by_name}
         info = {"exporter": runtime, "dynamic": dynamic, "seed": seed}
+        if info_pack is not None:
+            info["face_pack"] = info_pack
         if runtime == "onnx":
             info["opset"] = exporter("onnx").OPSET
         manifest = manifest_io.build_manifest(
             model, runtime, precision, components, _write_tokenizers(model, tmp), tolerances,
             model_name=model_name or Path(source_model or model.config.name).name,
-            source_model=source_model, export_info=info, quantization=section)
+            source_model=source_model, export_info=info, quantization=section, identity=identity)
         manifest_io.write(tmp, manifest)
         if progress:
             progress(total, total, "done")

@@ -93,7 +93,8 @@ def quantized_end_to_end(quantization: Mapping[str, Any]) -> dict[str, float]:
 def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: list[ExportedComponent],
                    tokenizers: Mapping[str, dict[str, Any]], tolerances: Mapping[str, Tolerance],
                    model_name: str, source_model: str | None, export_info: Mapping[str, Any],
-                   quantization: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   quantization: Mapping[str, Any] | None = None,
+                   identity: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``bundle.json`` dict (format_version 1). ``tokenizers`` maps ``tokenizer``/``tokenizer_2`` to entries.
 
     ``quantization`` (a quantised variant, ``quantize_modes.py``) is recorded as the ``quantization`` section;
@@ -118,7 +119,7 @@ def build_manifest(model: DHumanDiff, runtime: str, precision: str, components: 
         "identity": {"num_id_tokens": int(cfg.num_id_tokens), "face_size": int(cfg.face_size),
                      "clip_size": int(cfg.clip_size), "clip_mean": [float(v) for v in cfg.clip_mean],
                      "clip_std": [float(v) for v in cfg.clip_std], "arcface_mean": ARCFACE_MEAN,
-                     "arcface_std": ARCFACE_STD, **face_detector(model)},
+                     "arcface_std": ARCFACE_STD, **face_detector(model), **dict(identity or {})},
         "defaults": {"steps": int(defaults.get("steps", 30)),
                      "guidance_scale": float(defaults.get("guidance_scale", 5.0)),
                      "ip_scale": float(defaults.get("ip_scale", 1.0)), "sampler": str(defaults.get("sampler", "ddim")),

@@ -91,7 +91,7 @@ class BundleGenerator:
         self.low_memory = low_memory
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2 or tokenizer
-        self.cropper = FaceCropper(manifest.identity)
+        self.cropper = FaceCropper(manifest.identity, manifest.root)
         self._uncond_ip: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------- encoders

@@ -11,25 +11,42 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .base import as_rgb_uint8, select_face, square_crop
+from pathlib import Path
+
+from .base import Face, as_rgb_uint8, select_face, square_crop
 from .real_photo import looks_real
 
+from ...errors import BundleError
 from ..bundle import IdentitySpec
 
 
 class FaceCropper:
-    """Detects exactly one face (or the ``face_index``-th) and returns its aligned crop as a PIL image."""
+    """Detects exactly one face (or the ``face_index``-th) and returns its aligned crop as a PIL image.
 
-    def __init__(self, spec: IdentitySpec) -> None:
+    ``scrfd`` (a converted official model's bundle): the bundle's insightface SCRFD detector (``root`` /
+    ``detector_file``, run with onnxruntime), the largest face of a real photo (a warning says so when there are
+    several), aligned onto ArcFace's 112 px template by its five landmarks, exactly as the reference's
+    :class:`~dhumandiff.contract.faces.insightface_pack.PackFaceAnalyzer` does."""
+
+    def __init__(self, spec: IdentitySpec, root: Path | None = None) -> None:
         self.spec = spec
         self.detector = None
+        self.scrfd = None
         if spec.detector == "world":
             from .world_detect import WorldFaceDetector
 
             self.detector = WorldFaceDetector()
+        elif spec.detector == "scrfd":
+            from .insightface_pack import ScrfdDetector
+
+            if root is None or spec.detector_file is None:
+                raise BundleError("this bundle's face detector needs the bundle folder: load it with load_bundle()")
+            self.scrfd = ScrfdDetector(Path(root) / spec.detector_file)
 
     def __call__(self, image: Image.Image, face_index: int | None = None, name: str = "the photo",
                  option: str = "--face-index") -> Image.Image:
+        if self.scrfd is not None:
+            return self._scrfd_crop(image, face_index, name, option)
         if self.detector is None:
             return image
         rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
@@ -37,3 +54,16 @@ class FaceCropper:
         real = self.spec.detector == "world" and looks_real(rgb)
         face = select_face(faces, face_index, self.spec.min_face_px, name, option, real_photo=real)
         return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))
+
+    def _scrfd_crop(self, image: Image.Image, face_index: int | None, name: str, option: str) -> Image.Image:
+        from .insightface_pack import norm_crop
+
+        rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
+        det, kpss = self.scrfd.detect(rgb)  # type: ignore[union-attr]
+        faces = [Face(bbox=det[i, :4], score=float(det[i, 4]), kps=None if kpss is None else kpss[i],
+                      kps_format="arcface") for i in range(det.shape[0])]
+        faces.sort(key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+        face = select_face(faces, face_index, self.spec.min_face_px, name, option, pick_largest=True)
+        if face.kps is None:
+            return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))
+        return Image.fromarray(norm_crop(rgb, face.kps, self.spec.face_size))
