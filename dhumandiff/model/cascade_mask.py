@@ -67,6 +67,9 @@ def official_mask(store: list[tuple[torch.Tensor, torch.Tensor]], h: int, w: int
     m2 = _token_maps(store, 1, h, w, per_pass)[:, 0] if two_person else m1
     out = []
     for vis in (m1 + m2).cpu().numpy().astype(np.float32):
+        if not np.max(vis) > np.min(vis):  # a flat map (the official code would divide by zero): no cell stands out
+            out.append(np.zeros_like(vis))
+            continue
         norm = (vis - np.min(vis)) / (np.max(vis) - np.min(vis)) * 255
         norm = norm.astype(np.uint8)
         norm[norm < np.percentile(norm, top)] = 0
