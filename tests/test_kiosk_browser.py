@@ -43,20 +43,25 @@ def _selenium() -> Any:
     return webdriver
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def _chromium(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Any:
+    """Headless Chromium driven by Selenium, with its own profile and ``args`` added."""
     webdriver = _selenium()
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM  # type: ignore[assignment]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
-                f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",  # a DNS name re-pointed at the kiosk (rebinding)
-                "--window-size=1000,900", "--hide-scrollbars", "--force-device-scale-factor=1",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", *args):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    driver = _chromium(tmp_path_factory, f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1",  # DNS rebinding
+                       "--window-size=1000,900", "--hide-scrollbars", "--force-device-scale-factor=1")
     yield driver
     driver.quit()
 
@@ -210,21 +215,13 @@ def still_to_y4m(image: Any, path: Path, frames: int = 30) -> Path:
 def camera_browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Headless Chromium whose camera is a fake device playing a still of person a (a tiny-world face, upscaled
     to a webcam-like 448 px)."""
-    webdriver = _selenium()
+    _selenium()
     from PIL import Image
-    from selenium.webdriver.chrome.service import Service
 
     folder = tmp_path_factory.mktemp("camera")
     video = still_to_y4m(Image.open(FACE_A).resize((448, 448), Image.NEAREST), folder / "person_a.y4m")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # type: ignore[assignment]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={video}", "--window-size=1000,1100",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-camera-profile')}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver = _chromium(tmp_path_factory, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-video-capture={video}", "--window-size=1000,1100")
     yield driver
     driver.quit()
 
