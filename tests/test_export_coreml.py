@@ -536,3 +536,21 @@ def test_no_stray_files(bundle):
     listed = {f for c in raw["components"].values() for f in [c["file"], *c["extra_files"]]}
     top = {p.name for p in bundle.iterdir()}
     assert top == listed | {"bundle.json", "tokenizer"}
+
+
+def test_official_recipe_text_encoder_converts_with_both_outputs(tmp_path):
+    """A model with the official recipe: the Core ML text encoder carries the negative prompt's layer as its second
+    output (what the runtimes read for the unconditional row), converted from the trace of the wrapper."""
+    from dhumandiff.contract.recipe import NEGATIVE_TEXT_OUTPUT, OFFICIAL
+
+    model = make_model("tiny")
+    model.config.recipe = OFFICIAL.to_dict()
+    spec = get_spec("text_encoder", model)
+    assert spec.outputs == ("prompt_embeds", NEGATIVE_TEXT_OUTPUT)
+    traced = ce.trace_component(spec, model, seed=3)
+    assert traced.trace_check.max_abs < 1e-5
+    assert set(traced.reference) == {"prompt_embeds", NEGATIVE_TEXT_OUTPUT}
+    assert np.abs(traced.reference["prompt_embeds"] - traced.reference[NEGATIVE_TEXT_OUTPUT]).max() > 1e-3
+    mlmodel = ce.convert_traced(traced, "fp32")
+    out_names = [o.name for o in mlmodel.get_spec().description.output]
+    assert out_names == ["prompt_embeds", NEGATIVE_TEXT_OUTPUT]

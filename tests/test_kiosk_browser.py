@@ -257,3 +257,67 @@ def test_guest_is_photographed_by_the_kiosk_camera(camera_browser: Any, server: 
     _wait(browser, lambda d: d.execute_script(
         "const i = document.getElementById('result'); return i.complete && i.naturalWidth > 0"))
     assert browser.find_element(By.ID, "timing").text.startswith("Generated in ")
+
+
+@pytest.fixture(scope="module")
+def real_kiosk(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The kiosk over a bundle for real people: a test-sized official release, converted (official recipe) and
+    exported to ONNX with an insightface-format pack (an SCRFD-shaped detector and an ArcFace-shaped recogniser
+    built in the test), served torch-free."""
+    _selenium()
+    pytest.importorskip("insightface")
+    from dhumandiff.export.bundle import export_bundle
+    from dhumandiff.model.convert import convert_official
+    from dhumandiff.model.dhumandiff_model import DHumanDiff
+    from face_pack_fixtures import make_pack
+    from model_fixtures import official_release
+
+    tmp = tmp_path_factory.mktemp("real-kiosk")
+    sdxl, weights, _ = official_release(tmp)
+    model = DHumanDiff.from_pretrained(convert_official(sdxl, weights, tmp / "converted"))
+    bundle = export_bundle(model, tmp / "bundle", "onnx", face_models=make_pack(tmp / "faces"))
+    with KioskServer(bundle, tmp / "kiosk") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def astronaut_camera(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Headless Chromium whose fake camera shows a real photo (scikit-image's astronaut)."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    video = still_to_y4m(Image.fromarray(skdata.astronaut()), tmp_path_factory.mktemp("astro") / "astronaut.y4m")
+    driver = _chromium(tmp_path_factory, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-video-capture={video}", "--window-size=1000,1100")
+    yield driver
+    driver.quit()
+
+
+def test_kiosk_serves_a_converted_bundle_to_a_real_guest(astronaut_camera: Any, real_kiosk: KioskServer) -> None:
+    """A real photo from the camera: the pack finds the largest face and the page says so and shows it; a person
+    from the insightface group photo as a file; the portrait appears."""
+    import insightface
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    browser = astronaut_camera
+    _open(browser, real_kiosk.url)
+    browser.find_element(By.ID, "camera_a").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const v = document.getElementById('camera'); return v.videoWidth > 0 && !v.paused"), timeout=30)
+    browser.find_element(By.ID, "snap").click()
+    _wait(browser, lambda d: "using the largest" in d.find_element(By.ID, "found_a").text, timeout=60)
+    face = decode_data_url(browser.find_element(By.ID, "preview_a").get_attribute("src"))
+    assert face.shape == (112, 112, 3) and face.std() > 10  # the ArcFace-aligned crop the recogniser sees
+
+    group = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    person = Path(browser.capabilities.get("chrome", {}).get("userDataDir", "/tmp")) / "person_b.jpg"
+    Image.open(group).convert("RGB").crop((400, 0, 750, 300)).save(person, quality=95)
+    browser.find_element(By.ID, "face_b").send_keys(str(person))
+    _wait(browser, lambda d: d.find_element(By.ID, "found_b").text != "" and
+          "Looking" not in d.find_element(By.ID, "found_b").text, timeout=60)
+    browser.find_element(By.ID, "prompt").send_keys("a man and a woman on the beach")
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('result'); return i.complete && i.naturalWidth > 0"))
+    assert browser.find_element(By.ID, "timing").text.startswith("Generated in ")

@@ -21,8 +21,8 @@ from dhumandiff.contract.recipe import NEGATIVE_TEXT_OUTPUT, OFFICIAL
 from dhumandiff.errors import BundleError
 from dhumandiff.runtimes.generator import load_bundle
 from dhumandiff.model.convert import convert_official
-from dhumandiff.model.dhumandiff_model import DHumanDiff
-from model_fixtures import identity_encoder, make_tiny_model, official_release
+from face_pack_fixtures import make_pack
+from model_fixtures import make_tiny_model, official_release
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,26 @@ def official_folder(tmp_path_factory):
     return model.save_pretrained(tmp_path_factory.mktemp("official-tiny") / "model")
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A test-sized official release converted with ``convert official`` (recipe ``official``), and an
+    insightface-format pack (built in the test), shared by the converted-model tests."""
+    tmp = tmp_path_factory.mktemp("converted")
+    sdxl, weights, _ = official_release(tmp)
+    return convert_official(sdxl, weights, tmp / "converted"), make_pack(tmp / "faces")
+
+
+def _export(folder, runtime: str):
+    bundle = folder.parent / f"{runtime}-bundle"
+    if not bundle.exists():
+        assert main(["export", runtime, str(folder), "--out", str(bundle)]) == 0
+    return bundle
+
+
+# the OpenVINO run repeats the ONNX one on the other runtime (the converted-model pack test covers both runtimes)
+@pytest.mark.parametrize("runtime", ["onnx", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_official_recipe_bundle_passes_parity(official_folder, tmp_path, runtime):
-    bundle = tmp_path / "bundle"
-    assert main(["export", runtime, str(official_folder), "--out", str(bundle)]) == 0
+    bundle = _export(official_folder, runtime)
     raw = json.loads((bundle / "bundle.json").read_text())
     assert raw["recipe"] == OFFICIAL.to_dict()
     assert NEGATIVE_TEXT_OUTPUT in raw["components"]["text_encoder"]["outputs"]
@@ -48,10 +64,11 @@ def test_official_recipe_bundle_passes_parity(official_folder, tmp_path, runtime
 
 
 def test_recipe_choices_change_the_bundle_image_and_a_broken_recipe_is_refused(official_folder, tmp_path):
+    import shutil
+
     from dhumandiff.checks.parity import world_faces
 
-    bundle = tmp_path / "bundle"
-    assert main(["export", "onnx", str(official_folder), "--out", str(bundle)]) == 0
+    bundle = shutil.copytree(_export(official_folder, "onnx"), tmp_path / "bundle")
     gen = load_bundle(bundle)
     a, b, words = world_faces(0)
     kw = dict(steps=2, seed=1, person_words=words)
@@ -71,36 +88,14 @@ def test_recipe_choices_change_the_bundle_image_and_a_broken_recipe_is_refused(o
         load_manifest(bundle)
 
 
-@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
-def test_converted_official_release_bundle_reproduces_the_official_faithful_reference(tmp_path, runtime):
-    """A test-sized official release, converted (recipe ``official``), exported and checked end to end. The
-    bundle's identity encoder is a random 112 px -> 512 stand-in for the ArcFace recogniser the release leaves
-    to insightface (a bundle ships its recogniser; the insightface pack path is issue 15's)."""
-    sdxl, weights, _ = official_release(tmp_path)
-    folder = convert_official(sdxl, weights, tmp_path / "converted")
-    model = DHumanDiff.from_pretrained(folder)
-    model.identity_encoder = identity_encoder()
-    folder = model.save_pretrained(tmp_path / "with-recogniser")
-    bundle = tmp_path / "bundle"
-    assert main(["export", runtime, str(folder), "--out", str(bundle)]) == 0
-    raw = json.loads((bundle / "bundle.json").read_text())
-    assert raw["recipe"] == OFFICIAL.to_dict() and raw["defaults"]["sampler"] == "euler"
-    assert "text_encoder_2" in raw["components"]
-    report = tmp_path / "parity.json"
-    assert main(["parity", str(bundle), "--steps", "3", "--report", str(report)]) == 0
-    assert json.loads(report.read_text())["passed"]
-    torch.set_grad_enabled(True)
-
-
-def test_generate_with_a_converted_model_names_the_face_models_option(tmp_path):
+def test_generate_with_a_converted_model_names_the_face_models_option(converted, tmp_path):
     """A converted official model ships no face recogniser: without a pack the one line names --face-models."""
     import subprocess
     import sys
 
     from dhumandiff.checks.parity import world_faces
 
-    sdxl, weights, _ = official_release(tmp_path)
-    folder = convert_official(sdxl, weights, tmp_path / "converted")
+    folder, _ = converted
     a, b, _ = world_faces(0)
     a.save(tmp_path / "a.png")
     b.save(tmp_path / "b.png")
@@ -115,7 +110,7 @@ def test_generate_with_a_converted_model_names_the_face_models_option(tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(tmp_path):
+def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(converted, tmp_path):
     """``generate --model CONVERTED --face-models PACK`` on real photos (scikit-image's astronaut, a person from the
     insightface wheel's group photo): the torch-free pack pipeline finds the faces (the largest, said in one
     warning line), ArcFace embeds them, and the official-faithful reference paints the portrait."""
@@ -126,12 +121,8 @@ def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(tmp_path
     from PIL import Image
     from skimage import data as skdata
 
-    from face_pack_fixtures import make_pack
-
     insightface = pytest.importorskip("insightface")
-    sdxl, weights, _ = official_release(tmp_path)
-    folder = convert_official(sdxl, weights, tmp_path / "converted")
-    pack = make_pack(tmp_path / "faces")
+    folder, pack = converted
     Image.fromarray(skdata.astronaut()).save(tmp_path / "a.png")
     group = Image.open(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg").convert("RGB")
     group.crop((400, 0, 750, 300)).save(tmp_path / "b.jpg", quality=95)
@@ -146,7 +137,7 @@ def test_generate_with_a_converted_model_and_a_face_pack_on_real_photos(tmp_path
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
-def test_converted_model_bundle_ships_the_face_pack_and_runs_real_photos(tmp_path, runtime):
+def test_converted_model_bundle_ships_the_face_pack_and_runs_real_photos(converted, tmp_path, runtime):
     """``export RUNTIME CONVERTED --face-models PACK``: the pack's detector and recogniser go into the bundle,
     hashed; ``generate --bundle`` on real photos finds, aligns and embeds the faces exactly as the reference's
     pack pipeline does (same embeddings), and ``parity`` passes end to end."""
@@ -154,12 +145,8 @@ def test_converted_model_bundle_ships_the_face_pack_and_runs_real_photos(tmp_pat
     from skimage import data as skdata
 
     from dhumandiff.contract.faces.insightface_pack import PackFaceAnalyzer
-    from face_pack_fixtures import make_pack
-
     insightface = pytest.importorskip("insightface")
-    sdxl, weights, _ = official_release(tmp_path)
-    folder = convert_official(sdxl, weights, tmp_path / "converted")
-    pack = make_pack(tmp_path / "faces")
+    folder, pack = converted
     bundle = tmp_path / "bundle"
     assert main(["export", runtime, str(folder), "--out", str(bundle), "--face-models", str(pack)]) == 0
     raw = json.loads((bundle / "bundle.json").read_text())
