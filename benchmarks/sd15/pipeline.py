@@ -109,7 +109,7 @@ def run_image(job: dict[str, Any]) -> dict[str, Any]:
                               "calls": calls, "precision": {c: v["precision"] for c, v in comps.items()}}
     if job.get("prime_only"):
         return result
-    result["peak_cold_mb"] = peak_rss_mb()
+    result["peak_cold_mb"] = round(peak_rss_mb(), 1)  # rounded like memory.peak_mb, which it must not exceed
     seconds = []
     for _ in range(max(int(job.get("repeats", 3)), 1)):
         t = time.perf_counter()
