@@ -226,6 +226,16 @@ def camera_browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     driver.quit()
 
 
+def _photograph(browser: Any, who: str) -> None:
+    """Open person ``who``'s camera on the page, wait for live video, take the photo."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, f"camera_{who}").click()
+    _wait(browser, lambda d: d.execute_script(
+        "const v = document.getElementById('camera'); return v.videoWidth > 0 && !v.paused"), timeout=30)
+    browser.find_element(By.ID, "snap").click()
+
+
 def test_guest_is_photographed_by_the_kiosk_camera(camera_browser: Any, server: KioskServer) -> None:
     """Person a from the camera (getUserMedia), person b from a file: each face the kiosk found is shown before
     generating, then the portrait appears; a photo without a face is refused on the spot, in words."""
@@ -233,10 +243,7 @@ def test_guest_is_photographed_by_the_kiosk_camera(camera_browser: Any, server: 
 
     browser = camera_browser
     _open(browser, server.url)
-    browser.find_element(By.ID, "camera_a").click()
-    _wait(browser, lambda d: d.execute_script(
-        "const v = document.getElementById('camera'); return v.videoWidth > 0 && !v.paused"), timeout=30)
-    browser.find_element(By.ID, "snap").click()
+    _photograph(browser, "a")
     _wait(browser, lambda d: "Face found" in d.find_element(By.ID, "found_a").text, timeout=60)
     face_a = decode_data_url(browser.find_element(By.ID, "preview_a").get_attribute("src"))
     assert face_a.shape[0] == face_a.shape[1] and face_a.std() > 10  # the detected face crop, shown to the guest
@@ -302,11 +309,9 @@ def test_kiosk_serves_a_converted_bundle_to_a_real_guest(astronaut_camera: Any, 
 
     browser = astronaut_camera
     _open(browser, real_kiosk.url)
-    browser.find_element(By.ID, "camera_a").click()
-    _wait(browser, lambda d: d.execute_script(
-        "const v = document.getElementById('camera'); return v.videoWidth > 0 && !v.paused"), timeout=30)
-    browser.find_element(By.ID, "snap").click()
+    _photograph(browser, "a")
     _wait(browser, lambda d: "using the largest" in d.find_element(By.ID, "found_a").text, timeout=60)
+    assert "--face-index" not in browser.find_element(By.ID, "found_a").text  # never a CLI flag for a guest
     face = decode_data_url(browser.find_element(By.ID, "preview_a").get_attribute("src"))
     assert face.shape == (112, 112, 3) and face.std() > 10  # the ArcFace-aligned crop the recogniser sees
 

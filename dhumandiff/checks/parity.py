@@ -304,8 +304,8 @@ def _bundle_face_analyzer(generator: Any) -> Any:
     analyzer: a converted official model has no recogniser of its own to judge faces with."""
     from PIL import Image
 
-    from ..contract.faces.base import Face, FaceAnalyzer, square_crop
-    from ..contract.faces.insightface_pack import norm_crop
+    from ..contract.faces.base import Face, FaceAnalyzer
+    from ..contract.faces.insightface_pack import aligned_face, scrfd_faces
     from ..contract.images import preprocess_face
 
     ident = generator.manifest.identity
@@ -318,13 +318,10 @@ def _bundle_face_analyzer(generator: Any) -> Any:
             return int(generator.manifest.components["identity_encoder"].outputs["embedding"].shape[-1])
 
         def detect(self, image: np.ndarray) -> list[Face]:
-            det, kpss = generator.cropper.scrfd.detect(np.ascontiguousarray(image))
-            return [Face(bbox=det[i, :4], score=float(det[i, 4]), kps=None if kpss is None else kpss[i],
-                         kps_format="arcface") for i in range(det.shape[0])]
+            return scrfd_faces(generator.cropper.scrfd, np.ascontiguousarray(image))
 
         def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
-            crop = (norm_crop(image, face.kps, ident.face_size) if face.kps is not None
-                    else square_crop(image, face.bbox, ident.face_size, context=1.0))
+            crop = aligned_face(image, face, ident.face_size)
             x = preprocess_face(Image.fromarray(crop), ident.face_size, ident.arcface_mean, ident.arcface_std)
             return generator.runner.run("identity_encoder", {"face": x})["embedding"].reshape(-1)
 

@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -76,13 +76,14 @@ MIN_UPLOAD_MB = 0.1
 MIN_PIXELS = 64 * 64
 MAX_LINE_CHARS = 600    # any refusal line, whatever it quotes
 TOKEN_HEADER = "X-Kiosk-Token"
+UPLOAD_PATHS = ("/api/generate", "/api/face")  # the routes that take photos (and their body limit)
 TOKEN_COOKIE = "dhumandiff_kiosk_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing on top of the two photos
-_CSP = ("default-src 'none'; img-src 'self' data: blob:; media-src mediastream: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+_CSP = ("default-src 'none'; img-src 'self' data: blob:; media-src mediastream: blob:; style-src 'unsafe-inline'; "
+        "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)
@@ -164,13 +165,29 @@ def _status(exc: DHumanDiffError) -> int:
     return 400
 
 
-_FACE_INDEX_ADVICE = re.compile(r"; pass --face-index(-[ab])? N to pick one.*$")
+_FACE_INDEX_ADVICE = re.compile(r"; pass --face-index(-[ab])? N to pick (one|another).*$")
 
 
 def guest_words(message: str) -> str:
-    """A refusal as a guest can act on it: the CLI's "pass --face-index-a N" advice (a flag the kiosk page does
-    not have) becomes "use a photo with only this person in it"."""
+    """A refusal or note as a guest can act on it: the CLI's "pass --face-index-a N" advice (a flag the kiosk page
+    does not have) becomes "use a photo with only this person in it"."""
     return _FACE_INDEX_ADVICE.sub("; use a photo with only this person in it", message)
+
+
+@contextlib.contextmanager
+def guest_call() -> Iterator[list[str]]:
+    """Run a generator or detector call for a guest: a several-faces refusal comes out in a guest's words, and the
+    list yielded receives the call's warnings as one-line notes (first lines, bounded, in a guest's words, once
+    each) when the block ends."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield notes
+        except MultipleFacesError as exc:
+            raise MultipleFacesError(guest_words(str(exc))) from None
+    notes.extend(dict.fromkeys(_bounded(guest_words((str(w.message).splitlines() or [""])[0])) for w in caught
+                               if issubclass(w.category, UserWarning)))
 
 
 def _bounded(line: str) -> str:
@@ -280,7 +297,7 @@ class _Gate:
                           f"started, or send the header {TOKEN_HEADER}", 1, "TokenRequired",
                           headers={"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
-        if path == "/api/generate" and length.isdigit() and int(length) > self.body_limit:
+        if path in UPLOAD_PATHS and length.isdigit() and int(length) > self.body_limit:
             return self.too_large()  # refused from its announcement, before it is read
         return None
 
@@ -336,21 +353,15 @@ def create_app(
         face_a = load_rgb(job.face_a, f"photo a ({job.names[0]})", max_pixels=cfg.max_pixels)
         face_b = load_rgb(job.face_b, f"photo b ({job.names[1]})", max_pixels=cfg.max_pixels)
         decode = time.perf_counter() - t0
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
-                          progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop next step
-            except MultipleFacesError as exc:
-                raise MultipleFacesError(guest_words(str(exc))) from None
+        with guest_call() as notes:
+            res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
+                      progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
         del face_a, face_b
         line.check_stop()  # nobody waits for it: neither encoded nor kept
         buf = io.BytesIO()
         res.image.save(buf, format="PNG")
         timings = {"queue_wait": started - job.submitted, "read_photos": decode,
                    **{k: float(v) for k, v in res.timings.items()}}
-        notes = list(dict.fromkeys(_bounded((str(w.message).splitlines() or [""])[0]) for w in caught
-                                   if issubclass(w.category, UserWarning)))
         answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings), notes)
         if cfg.keep_dir is not None:
             try:  # archiving is best-effort: a full or read-only disk must not cost the guest the portrait
@@ -453,17 +464,11 @@ def create_app(
 
     def detect(data: bytes, label: str, name: str) -> dict[str, Any]:
         """The face the bundle's detector takes from one photo, as the generator will crop it (PNG data URL)."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with guest_call() as notes:
             photo = load_rgb(data, f"photo {label} ({name})", max_pixels=cfg.max_pixels)
-            try:
-                crop = gen.cropper(Image.fromarray(photo), None, f"photo {label} ({name})", f"--face-index-{label}")
-            except MultipleFacesError as exc:
-                raise MultipleFacesError(guest_words(str(exc))) from None
+            crop = gen.cropper(Image.fromarray(photo), None, f"photo {label} ({name})", f"--face-index-{label}")
         buf = io.BytesIO()
         crop.convert("RGB").save(buf, format="PNG")
-        notes = list(dict.fromkeys(_bounded((str(w.message).splitlines() or [""])[0]) for w in caught
-                                   if issubclass(w.category, UserWarning)))
         return {"person": label, "face": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
                 "width": crop.size[0], "height": crop.size[1], "detector": manifest.identity.detector,
                 "warnings": notes}

@@ -135,7 +135,7 @@ class FaceAnalyzer(abc.ABC):
     # ------------------------------------------------------------------ shared
     @staticmethod
     def _sorted(faces: list[Face]) -> list[Face]:
-        return sorted(faces, key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+        return largest_first(faces)
 
     def analyze(self, image: np.ndarray) -> list[Face]:
         """Every face, largest first, each with its embedding."""
@@ -166,6 +166,11 @@ class FaceAnalyzer(abc.ABC):
                            pick_largest=self.pick_largest)
         face.embedding = l2_normalize(self.embed(image, face)).reshape(-1)
         return face
+
+
+def largest_first(faces: list[Face]) -> list[Face]:
+    """Faces largest first (ties: leftmost, then topmost): the order ``face_index`` counts in everywhere."""
+    return sorted(faces, key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
 
 
 def select_face(faces: list[Face], face_index: int | None, min_face_px: int, name: str,

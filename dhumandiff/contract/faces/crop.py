@@ -13,7 +13,7 @@ from PIL import Image
 
 from pathlib import Path
 
-from .base import Face, as_rgb_uint8, select_face, square_crop
+from .base import as_rgb_uint8, largest_first, select_face, square_crop
 from .real_photo import looks_real
 
 from ...errors import BundleError
@@ -50,20 +50,15 @@ class FaceCropper:
         if self.detector is None:
             return image
         rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
-        faces = sorted(self.detector.detect(rgb), key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+        faces = largest_first(self.detector.detect(rgb))
         real = self.spec.detector == "world" and looks_real(rgb)
         face = select_face(faces, face_index, self.spec.min_face_px, name, option, real_photo=real)
         return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))
 
     def _scrfd_crop(self, image: Image.Image, face_index: int | None, name: str, option: str) -> Image.Image:
-        from .insightface_pack import norm_crop
+        from .insightface_pack import aligned_face, scrfd_faces
 
         rgb = as_rgb_uint8(np.asarray(image.convert("RGB")), name)
-        det, kpss = self.scrfd.detect(rgb)  # type: ignore[union-attr]
-        faces = [Face(bbox=det[i, :4], score=float(det[i, 4]), kps=None if kpss is None else kpss[i],
-                      kps_format="arcface") for i in range(det.shape[0])]
-        faces.sort(key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+        faces = largest_first(scrfd_faces(self.scrfd, rgb))  # type: ignore[arg-type]
         face = select_face(faces, face_index, self.spec.min_face_px, name, option, pick_largest=True)
-        if face.kps is None:
-            return Image.fromarray(square_crop(rgb, face.bbox, self.spec.face_size, context=1.0))
-        return Image.fromarray(norm_crop(rgb, face.kps, self.spec.face_size))
+        return Image.fromarray(aligned_face(rgb, face, self.spec.face_size))

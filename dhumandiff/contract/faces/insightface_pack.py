@@ -555,6 +555,21 @@ class ArcFaceRecogniser:
         return l2_normalize(self.raw_feature(crop_rgb))
 
 
+def scrfd_faces(detector: ScrfdDetector, image: np.ndarray) -> list[Face]:
+    """``detector``'s faces in ``image`` (RGB uint8) as :class:`Face` objects, in insightface's order (by score),
+    their five landmarks marked as ArcFace's."""
+    det, kpss = detector.detect(image)
+    return [Face(bbox=det[i, :4], score=float(det[i, 4]), kps=None if kpss is None else kpss[i],
+                 kps_format=None if kpss is None else "arcface") for i in range(det.shape[0])]
+
+
+def aligned_face(image: np.ndarray, face: Face, size: int = 112) -> np.ndarray:
+    """A recogniser's input crop (RGB): ``norm_crop`` on ArcFace landmarks, else a square crop of the box."""
+    if face.kps is not None and face.kps.shape == (5, 2) and face.kps_format in (None, "arcface"):
+        return norm_crop(image, face.kps, size)
+    return square_crop(image, face.bbox, size, context=1.0)
+
+
 # -------------------------------------------------------------------------------------------------- analyzer
 class PackFaceAnalyzer(FaceAnalyzer):
     """Face analysis with an insightface pack, torch-, OpenCV- and insightface-free.
@@ -582,24 +597,14 @@ class PackFaceAnalyzer(FaceAnalyzer):
 
     def detect_raw(self, image: np.ndarray) -> list[Face]:
         """All faces in insightface's order (by detector score, as ``FaceAnalysis.get`` returns them)."""
-        image = as_rgb_uint8(image)
-        det, kpss = self.detector.detect(image)
-        faces = []
-        for i in range(det.shape[0]):
-            kps = None if kpss is None else kpss[i]
-            faces.append(Face(bbox=det[i, :4], score=float(det[i, 4]), kps=kps,
-                              kps_format=None if kps is None else "arcface"))
-        return faces
+        return scrfd_faces(self.detector, as_rgb_uint8(image))
 
     def detect(self, image: np.ndarray) -> list[Face]:
         return self._sorted(self.detect_raw(image))
 
     def aligned_crop(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The recogniser's input crop (RGB): ``norm_crop`` on ArcFace landmarks, else a square crop of the box."""
-        size = self.recogniser.input_size
-        if face.kps is not None and face.kps.shape == (5, 2) and face.kps_format in (None, "arcface"):
-            return norm_crop(image, face.kps, size)
-        return square_crop(image, face.bbox, size, context=1.0)
+        return aligned_face(image, face, self.recogniser.input_size)
 
     def embed_crop(self, crop_rgb: np.ndarray) -> np.ndarray:
         return self.recogniser.embed_crop(crop_rgb)
