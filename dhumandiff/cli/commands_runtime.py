@@ -1,4 +1,10 @@
-"""Torch-free commands: ``generate`` (reference model or bundle) and ``doctor``."""
+"""Torch-free commands: ``generate`` (embedded default bundle, reference model or bundle), ``doctor``, ``verify``.
+
+Without ``--model`` or ``--bundle``, ``generate`` runs the embedded default as its shipped ONNX bundle
+(``runtimes/embedded.py``) when onnxruntime is installed and the request is one a bundle serves: a new
+user needs no torch. The PyTorch reference runs for ``--model``, for what only it does (``--mode cascade``,
+``--cascade-mask``, ``--vae-precision fp16``), and when no runtime for the bundle is installed but torch is.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ def generate(
     face_b: Path = typer.Option(..., "--face-b", help="Photo of person b (one face)."),
     prompt: str = typer.Option(..., "--prompt", help="Scene description naming both people, e.g. 'a man and a woman on the beach'."),
     out: Path = typer.Option(Path("portrait.png"), "--out", help="Output image (PNG/JPEG), written atomically."),
-    model: str = typer.Option(None, "--model", help="Embedded model name (default: tiny) or model folder."),
+    model: str = typer.Option(None, "--model", help="PyTorch reference: embedded model name (tiny, tiny-fast, ...) or model folder (default: the embedded tiny as a torch-free bundle)."),
     bundle: Path = typer.Option(None, "--bundle", help="Run an exported bundle instead of the PyTorch model."),
     runtime: str = typer.Option(None, "--runtime", help=RUNTIME_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps, gpu, npu (runtime dependent)."),
@@ -55,6 +61,10 @@ def generate(
     check_output_path(out, overwrite=overwrite, inputs=(face_a, face_b))
     vae_precision = check_vae_precision(vae_precision)
     t0 = time.time()
+    if model is None and bundle is None:
+        embedded = _embedded_default(runtime, mode, cascade_mask, vae_precision, face_models)
+        if embedded is not None:
+            bundle, runtime = embedded
     if low_memory and bundle is None:
         raise SettingsError("--low-memory applies to exported bundles: add --bundle DIR")
     if bundle is not None:
@@ -88,6 +98,35 @@ def generate(
                                     face_models=face_models, progress=lambda i, n: update(i, n))
         save_image_atomic(res.image, out)
     console.print(f"wrote {out} in {time.time() - t0:.1f} s")
+
+
+def _embedded_default(runtime: str | None, mode: str, cascade_mask: str | None, vae_precision: str | None,
+                      face_models: Path | None) -> tuple[Path, str] | None:
+    """The embedded default bundle and the runtime to run it, when this request needs neither the reference
+    model nor torch; None sends it to the PyTorch reference (which says which extra to install if torch is missing).
+    """
+    import importlib.util
+
+    from ..errors import RuntimeUnavailableError, SettingsError
+    from ..runtimes.embedded import embedded_bundle, embedded_runtime
+
+    if mode not in ("single", "cascade"):
+        raise SettingsError(f"--mode must be 'single' or 'cascade' (got {mode!r})")
+    reference_only = {"--mode cascade": mode == "cascade", "--cascade-mask": cascade_mask is not None,
+                      "--vae-precision fp16": vae_precision == "fp16", "--face-models": face_models is not None}
+    if any(reference_only.values()):
+        if importlib.util.find_spec("torch") is None:
+            what = next(flag for flag, given in reference_only.items() if given)
+            raise RuntimeUnavailableError(f"{what} runs on the PyTorch reference: pip install \"dhumandiff[torch]\" "
+                                          "(the embedded bundle runs --mode single)")
+        return None
+    path, chosen = embedded_bundle(), embedded_runtime(runtime)
+    if path is not None and chosen is not None:
+        return path, chosen
+    if importlib.util.find_spec("torch") is None:
+        raise RuntimeUnavailableError("the embedded default runs on onnxruntime: pip install \"dhumandiff[onnx]\" "
+                                      "(or \"dhumandiff[torch]\" for the PyTorch reference)")
+    return None
 
 
 def doctor() -> None:
