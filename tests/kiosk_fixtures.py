@@ -133,9 +133,9 @@ def wait_healthy(url: str, deadline_s: float = 60.0, proc: subprocess.Popen | No
 
 class KioskServer:
     """``dhumandiff serve BUNDLE --port 0`` as a child process without torch, with its own empty TMPDIR and
-    working folder."""
+    working folder (``bundle`` None: no BUNDLE argument, the embedded default)."""
 
-    def __init__(self, bundle: Path, workdir: Path, *args: str, token: str | None = None) -> None:
+    def __init__(self, bundle: Path | None, workdir: Path, *args: str, token: str | None = None) -> None:
         self.bundle, self.workdir, self.args, self.token = bundle, workdir, args, token
         self.tmpdir = workdir / "tmp"
         self.cwd = workdir / "cwd"
@@ -148,7 +148,8 @@ class KioskServer:
         self.cwd.mkdir(parents=True)
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "TMPDIR": str(self.tmpdir), "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-        cmd = [sys.executable, "-c", TORCH_FREE_CLI, "serve", str(self.bundle), "--port", "0", "--threads", "1",
+        cmd = [sys.executable, "-c", TORCH_FREE_CLI, "serve", *([str(self.bundle)] if self.bundle else []),
+               "--port", "0", "--threads", "1",
                *(("--token", self.token) if self.token else ()), *self.args]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env)

@@ -84,3 +84,13 @@ def test_what_only_the_reference_does_names_the_torch_extra(tmp_path):
     assert r.returncode == 11 and len(lines) == 1, r.stderr
     assert "--mode cascade" in lines[0] and 'pip install "dhumandiff[torch]"' in lines[0]
     assert not out.exists()
+
+
+def test_serve_without_a_bundle_serves_the_embedded_default(tmp_path):
+    import httpx
+
+    from kiosk_fixtures import KioskServer
+
+    with KioskServer(None, tmp_path) as server:
+        health = httpx.get(server.url + "/api/health", timeout=30).json()
+    assert health["model"] == "tiny" and health["runtime"] == "onnx" and health["image_size"] == [64, 64]

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    bundle: Path = typer.Argument(..., help="Bundle folder to serve (from `dhumandiff export`)."),
+    bundle: Path = typer.Argument(None, help="Bundle folder to serve (from `dhumandiff export`; default: the "
+                                             "embedded tiny bundle, a demo of its synthetic world)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
     port: int = typer.Option(8000, "--port", help="TCP port; 0 picks a free one (printed on the first line)."),
     queue: int = typer.Option(4, "--queue", help="Requests that may wait behind the running one; more get 503."),
@@ -61,6 +62,13 @@ def serve(
                                       "pip install 'dhumandiff[serve]'") from None
     if not 0 <= port <= 65535:
         raise DHumanDiffError(f"--port must be 0..65535 (got {port})")
+    if bundle is None:
+        from ..runtimes.embedded import embedded_bundle
+
+        bundle = embedded_bundle()
+        if bundle is None:
+            raise DHumanDiffError("this install ships no embedded bundle: give a BUNDLE folder from "
+                                  "`dhumandiff export`")
     token = resolve_token(host, token)
     settings = KioskSettings(queue=queue, max_upload_mb=max_upload_mb, max_pixels=max_pixels, keep_dir=keep_dir,
                              steps=steps, title=title, allowed_hosts=(host, *allowed_host), token=token)

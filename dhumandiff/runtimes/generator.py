@@ -151,6 +151,15 @@ class BundleGenerator:
         out2 = self.runner.run("text_encoder_2", {"input_ids": ids2})
         return np.concatenate([ctx, out2["prompt_embeds"]], axis=-1), out2["pooled_prompt_embeds"]
 
+    def warm_up(self) -> dict[str, float]:
+        """Run every graph once now, so the first image costs what the next do (``runtimes/warmup.py``); seconds
+        per graph. Nothing to do in low-memory mode, whose every image loads its graphs again."""
+        if self.low_memory:
+            return {}
+        from dhumandiff.runtimes.warmup import warm_up
+
+        return warm_up(self.manifest, self.runner)
+
     def _done_with(self, *components: str) -> None:
         """In low-memory mode, release the graphs of a finished phase (runners without ``release`` keep them)."""
         release = getattr(self.runner, "release", None)
