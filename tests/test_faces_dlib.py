@@ -12,7 +12,7 @@ insightface = pytest.importorskip("insightface")
 
 from dhumandiff.errors import FaceNotFoundError, MultipleFacesError  # noqa: E402
 from dhumandiff.model.faces import get_face_analyzer, load_rgb  # noqa: E402
-from dhumandiff.model.faces.dlib_backend import DlibAnalyzer  # noqa: E402
+from dhumandiff.contract.faces.dlib_faces import DlibAnalyzer  # noqa: E402
 
 T1 = os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg")
 

@@ -94,7 +94,7 @@ def _analyzer(model: DHumanDiff):
 
         return default_analyzer(model)
     pytest.importorskip("dlib")
-    from dhumandiff.model.faces.dlib_backend import DlibAnalyzer
+    from dhumandiff.contract.faces.dlib_faces import DlibAnalyzer
 
     return DlibAnalyzer()
 

@@ -1,8 +1,8 @@
 """Face analyzers of the PyTorch side: the tiny world's encoders, insightface packs and dlib, by name.
 
 The torch-free pieces every analyzer and runtime shares (the ``Face`` record, the refusals, the crop, the
-tiny world's detector) live in :mod:`dhumandiff.contract.faces`; ``world`` (the tiny world's trained encoders)
-needs torch.
+tiny world's detector, the insightface pack pipeline, dlib) live in :mod:`dhumandiff.contract.faces`; ``world``
+(the tiny world's trained encoders) needs torch.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def get_face_analyzer(name: str = "world", **kw: Any) -> FaceAnalyzer:
 
         return InsightFaceAnalyzer(**kw)
     if key == "dlib":
-        from .dlib_backend import DlibAnalyzer
+        from ...contract.faces.dlib_faces import DlibAnalyzer
 
         return DlibAnalyzer(**kw)
     raise ValueError(f"unknown face analyzer {name!r}: choose one of {', '.join(ANALYZERS)}")

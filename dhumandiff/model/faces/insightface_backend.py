@@ -124,7 +124,7 @@ class InsightFaceAnalyzer(FaceAnalyzer):
                 self.detector = WorldFaceDetector(**detector_kw)
                 self.min_face_px = 12
             elif key == "dlib":
-                from .dlib_backend import DlibAnalyzer
+                from ...contract.faces.dlib_faces import DlibAnalyzer
 
                 self.detector = DlibAnalyzer(**detector_kw)
                 self.min_face_px = DlibAnalyzer.min_face_px

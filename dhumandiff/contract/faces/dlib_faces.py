@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CheckpointError, RuntimeUnavailableError
-from ...contract.faces.base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize
+from .base import Face, FaceAnalyzer, as_rgb_uint8, l2_normalize
 
 __all__ = ["DlibAnalyzer", "face_recognition_models_dir"]
 
