@@ -32,11 +32,13 @@ VARIANTS = [("onnx", "int8-static"), ("onnx", "int8-dynamic"), ("openvino", "int
 #: A VNNI machine also checks the u8 x u8 variant that AVX2-only machines export ("MODE:KERNEL").
 if cpu_features().vnni:
     VARIANTS.insert(1, ("onnx", "int8-static:u8u8"))
-#: Core ML conversions of the whole bundle take 60-100 s each on 2 cores: the default suite converts one
-#: (palettize-6); linear int8 and the mixed-bit recipe run with ``-m slow`` (and on macOS for predictions). The
-#: u8 x u8 variant a VNNI machine adds is what AVX2-only machines export by default: ``-m slow`` here.
-#: OpenVINO's int8 weight compression is the int4 path at 8 bits (int4-weights and int8 stay in the default run).
-SLOW = {("coreml", "linear-int8"), ("onnx", "int8-static:u8u8"), ("openvino", "int8-weights")}
+#: Core ML conversions of the whole bundle take 60-100 s each on 2 cores: they run with ``-m slow`` (and on macOS
+#: for predictions); the default suite checks Core ML's compression ops on the shared converted bundle of
+#: tests/test_export_coreml.py (palettize 6 / 4 bits, linear int8) instead. The u8 x u8 variant a VNNI machine adds
+#: is what AVX2-only machines export by default: ``-m slow`` here. OpenVINO's int8 weight compression is the int4
+#: path at 8 bits (int4-weights and int8 stay in the default run).
+SLOW = {("coreml", "palettize-6"), ("coreml", "linear-int8"), ("onnx", "int8-static:u8u8"),
+        ("openvino", "int8-weights")}
 
 
 def _params(variants: list[tuple[str, str]]) -> list:
@@ -235,7 +237,7 @@ def test_openvino_modes_compress(bundles):
     assert q["graphs"]["text_encoder"]["method"] == "int8-weights" and q["graphs"]["unet"]["method"] == "int8"
 
 
-@pytest.mark.parametrize("mode,op", [("palettize-6", "constexpr_lut_to_dense"),
+@pytest.mark.parametrize("mode,op", [pytest.param("palettize-6", "constexpr_lut_to_dense", marks=pytest.mark.slow),
                                      pytest.param("linear-int8", ("constexpr_affine_dequantize",
                                                                   "constexpr_blockwise_shift_scale"),
                                                   marks=pytest.mark.slow)])
