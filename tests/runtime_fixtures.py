@@ -393,3 +393,20 @@ def face_images(seed: int = 0, size: int = 96) -> tuple[Any, Any]:
     a = (rng.random((size, size, 3)) * 255).astype(np.uint8)
     b = np.clip(a.astype(np.int16)[::-1] + 40, 0, 255).astype(np.uint8)
     return Image.fromarray(a, "RGB"), Image.fromarray(b, "RGB")
+
+
+class CountingRunner:
+    """A real runner that counts the graphs it runs (to see which ones a cached portrait skips)."""
+
+    def __init__(self, inner: Any) -> None:
+        from collections import Counter
+
+        self.inner, self.calls = inner, Counter()
+
+    @property
+    def providers(self) -> list[str]:
+        return self.inner.providers
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls[component] += 1
+        return self.inner.run(component, inputs)

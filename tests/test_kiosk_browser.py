@@ -122,6 +122,47 @@ def test_guest_uploads_two_faces_and_sees_the_portrait(browser: Any, server: Kio
         Image.open(shot).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
 
 
+def test_another_scene_makes_a_new_portrait_of_the_same_photos(browser: Any, server: KioskServer) -> None:
+    """"Another scene" sends no photo: the kiosk holds the guest's, skips their faces (the conditioning cache), and
+    moves on to the next scene; "New guest" makes it forget them."""
+    from selenium.webdriver.common.by import By
+
+    from kiosk_fixtures import client
+
+    _open(browser, server.url)
+    assert not browser.find_element(By.ID, "another").is_displayed()
+    browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
+    browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    browser.find_element(By.ID, "scene-beach").click()
+    browser.find_element(By.ID, "seed").send_keys("3")
+    browser.find_element(By.ID, "generate").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "another").is_displayed())
+    first = browser.find_element(By.ID, "result").get_attribute("src")
+    browser.find_element(By.ID, "another").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "result").get_attribute("src") not in (first, None, "")
+          and not d.find_element(By.ID, "another").get_attribute("disabled"))
+    assert browser.find_element(By.ID, "scene-garden").get_attribute("aria-pressed") == "true"
+    assert "faces remembered" in browser.find_element(By.ID, "timing").text
+    assert browser.find_element(By.ID, "result").get_attribute("data-cache") == "hit"
+    from dhumandiff.runtimes import load_bundle
+
+    garden = next(s.prompt for s in presets.SCENES if s.id == "garden")
+    ref = load_bundle(server.bundle, num_threads=1)(load_rgb(FACE_A), load_rgb(FACE_B), garden, seed=3,
+                                                    layout=presets.layout_boxes("side-by-side")[1])
+    shown = decode_data_url(browser.find_element(By.ID, "result").get_attribute("src"))
+    np.testing.assert_array_equal(shown, np.asarray(ref.image))
+
+    with client(server.url) as c:
+        before = c.get("/api/health").json()
+        assert before["guests"] == 1
+        browser.find_element(By.ID, "new_guest").click()
+        assert not browser.find_element(By.ID, "another").is_displayed()
+        _wait(browser, lambda d: c.get("/api/health").json()["guests"] == 0, timeout=10)
+        entries = c.get("/api/health").json()["conditioning_cache"]["entries"]
+        assert entries == before["conditioning_cache"]["entries"] - 2  # both faces forgotten
+    assert browser.find_element(By.ID, "result").get_attribute("src") in (None, "")
+
+
 def test_guest_sees_why_a_photo_was_refused(browser: Any, server: KioskServer, tmp_path: Path) -> None:
     from PIL import Image
     from selenium.webdriver.common.by import By

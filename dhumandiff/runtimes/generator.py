@@ -22,11 +22,18 @@ The bundle's conditioning recipe (``bundle.json`` ``recipe``, ``contract/recipe.
 5. each step: ``x_in = scheduler.scale_model_input(latents, t)`` repeated to the UNet batch; ``timestep`` = t as
    float32; CFG (batch 2, uncond first): ``eps = uncond + g * (cond - uncond)``; ``latents = scheduler.step``.
 6. ``vae_decoder(latents / scaling_factor)`` -> [-1, 1] -> uint8 (``contract.images.postprocess``).
+
+With a :class:`~dhumandiff.runtimes.conditioning_cache.ConditioningCache` (``conditioning_cache``; off by default)
+steps 1 (with the face detection before it) and the unconditional text row of step 2 are looked up first, keyed by
+the photo's pixels and the bundle, so another image of the same photos runs only the text encoder, the UNet and the
+decoder, and is bit-identical to one made without the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -46,6 +53,8 @@ from dhumandiff.contract.images import (ImageLike, load_image, postprocess, prep
 from dhumandiff.contract.recipe import NEGATIVE_TEXT_OUTPUT
 from dhumandiff.contract.layout import LayoutLike, parse_layout, region_mask
 from dhumandiff.contract.bundle import Manifest, load_manifest
+from dhumandiff.runtimes.conditioning_cache import (ConditioningCache, PersonKey, TextKey, bundle_identity,
+                                                    photo_digest)
 from dhumandiff.runtimes.tokenizer import PromptTokenizer
 from dhumandiff.utils.cpu import cpu_features
 from dhumandiff.utils.numerics import check_vae_precision, finite_setting
@@ -71,6 +80,17 @@ class _Person:
     face_token: np.ndarray
 
 
+@dataclass
+class _Found:
+    """One person's photo after the face lookup: its cache ``key`` (None: no cache), and either the cached
+    ``person`` or the ``crop`` to encode; ``warned``: the crop warned (a real photo, several faces)."""
+
+    key: PersonKey | None
+    crop: Image.Image | None
+    person: _Person | None = None
+    warned: bool = False
+
+
 class BundleGenerator:
     """A loaded bundle ready to generate. Build it with :func:`load_bundle`."""
 
@@ -82,6 +102,7 @@ class BundleGenerator:
         tokenizer_2: PromptTokenizer | None = None,
         *,
         low_memory: bool = False,
+        conditioning_cache: ConditioningCache | None = None,
     ) -> None:
         self.manifest = manifest
         self.runner = runner
@@ -93,6 +114,14 @@ class BundleGenerator:
         self.tokenizer_2 = tokenizer_2 or tokenizer
         self.cropper = FaceCropper(manifest.identity, manifest.root)
         self._uncond_ip: np.ndarray | None = None
+        #: Per-photo identity conditioning and the unconditional text row, reused across calls (``None``: off);
+        #: may be shared by several generators (its keys hold :attr:`bundle_id`) and set or replaced at any time.
+        self.conditioning_cache = conditioning_cache
+
+    @functools.cached_property
+    def bundle_id(self) -> str:
+        """This bundle as run here (manifest + execution providers), the first part of every cache key."""
+        return bundle_identity(self.manifest.to_json(), list(self.runner.providers))
 
     # ------------------------------------------------------------------------------------------- encoders
 
@@ -127,6 +156,50 @@ class BundleGenerator:
             one = self.runner.run("face_projection", {"image_embeds": clip, "id_embedding": emb})["ip_tokens"]
             self._uncond_ip = np.concatenate([one, one], axis=1).astype(np.float32)
         return self._uncond_ip
+
+    def find_person(self, photo: Image.Image, face_index: int | None, name: str, option: str) -> _Found:
+        """The face crop of ``photo`` (refusing it as the cropper does), or with a cache its cached conditioning.
+        A hit skips the detector too, unless the crop had warned: then it runs again so the warning is given again,
+        in this call's words (a cached value never swallows a warning)."""
+        cache = self.conditioning_cache
+        if cache is None:
+            return _Found(None, self.cropper(photo, face_index, name, option))
+        key = PersonKey(self.bundle_id, photo_digest(photo), face_index, self.manifest.recipe.clip_input)
+        hit = cache.get(key)
+        if hit is not None:
+            ip_tokens, face_token, warned = hit
+            if warned:
+                self.cropper(photo, face_index, name, option)
+            return _Found(key, None, _Person(ip_tokens, face_token), warned)
+        with _warnings_told() as told:
+            crop = self.cropper(photo, face_index, name, option)
+        return _Found(key, crop, None, bool(told))
+
+    def person(self, found: _Found, photo: Image.Image) -> _Person:
+        """:meth:`encode_person` of a :meth:`find_person` result (a cached one costs nothing; a new one is kept)."""
+        if found.person is not None:
+            return found.person
+        person = self.encode_person(found.crop, photo)  # type: ignore[arg-type]
+        if found.key is not None and self.conditioning_cache is not None:
+            self.conditioning_cache.put(found.key, (person.ip_tokens, person.face_token, found.warned))
+        return person
+
+    def uncond_text(self, negative_prompt: str, like: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The unconditional row's text (:meth:`encode_text` of ``negative_prompt`` with zero face tokens shaped
+        ``like`` and no subject positions): a constant per negative prompt, kept in the cache when there is one
+        (unless encoding it warned, e.g. a truncated prompt)."""
+        cache = self.conditioning_cache
+        if cache is None:
+            return self.encode_text(negative_prompt, np.zeros_like(like), (-1, -1), negative=True)
+        key = TextKey(self.bundle_id, negative_prompt)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        with _warnings_told() as told:
+            row = self.encode_text(negative_prompt, np.zeros_like(like), (-1, -1), negative=True)
+        if not told:
+            cache.put(key, row)
+        return row
 
     def encode_text(
         self, prompt: str, face_tokens: np.ndarray, positions: Sequence[int], negative: bool = False
@@ -241,12 +314,14 @@ class BundleGenerator:
             mask = np.ones_like(mask)
         sched = self._scheduler(sampler, int(steps))
         photo_a, photo_b = load_image(face_a, "face a"), load_image(face_b, "face b")
-        img_a = self.cropper(photo_a, face_index_a, _name(face_a, "face a"), "--face-index-a")
-        img_b = self.cropper(photo_b, face_index_b, _name(face_b, "face b"), "--face-index-b")
         timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        found_a = self.find_person(photo_a, face_index_a, _name(face_a, "face a"), "--face-index-a")
+        found_b = self.find_person(photo_b, face_index_b, _name(face_b, "face b"), "--face-index-b")
+        timings["find_faces"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        pa, pb = self.encode_person(img_a, photo_a), self.encode_person(img_b, photo_b)
+        pa, pb = self.person(found_a, photo_a), self.person(found_b, photo_b)
         ip_tokens = np.concatenate([pa.ip_tokens, pb.ip_tokens], axis=1)
         uncond_ip = self.uncond_ip_tokens(ip_tokens) if batch == 2 else None  # before the encoders are released
         self._done_with("identity_encoder", "image_encoder", "face_projection")
@@ -256,8 +331,7 @@ class BundleGenerator:
         face_tokens = np.concatenate([pa.face_token, pb.face_token], axis=1)
         ctx, pooled = self.encode_text(prompt, face_tokens, positions)
         if batch == 2:
-            uctx, upooled = self.encode_text(recipe.negative_prompt, np.zeros_like(face_tokens), (-1, -1),
-                                             negative=True)
+            uctx, upooled = self.uncond_text(recipe.negative_prompt, face_tokens)
             ctx = np.concatenate([uctx, ctx], axis=0)
             pooled = None if pooled is None else np.concatenate([upooled, pooled], axis=0)  # type: ignore[list-item]
             ip_tokens = np.concatenate([uncond_ip, ip_tokens], axis=0)  # type: ignore[list-item]
@@ -312,7 +386,10 @@ class BundleGenerator:
             "steps": int(steps), "guidance_scale": g if batch == 2 else None, "ip_scale": s_ip, "seed": int(seed),
             "sampler": type(sched).__name__, "layout": [list(b) for b in lay.boxes],
             "subject_positions": list(positions), "runtime": m.runtime, "providers": list(self.runner.providers),
+            "conditioning_cache": _cache_outcome(found_a, found_b),
         }
+        if found_a.key is not None and found_b.key is not None:
+            settings["photo_sha256"] = [found_a.key.photo, found_b.key.photo]  # what ConditioningCache.forget takes
         return GenerationResult(image=image, latents=latents, timings=timings, settings=settings)
 
     def describe(self) -> dict[str, Any]:
@@ -359,6 +436,29 @@ def _check_vae_precision(m: Manifest, requested: str | None) -> None:
                         "--vae-precision fp16 only applies to the PyTorch model (--model): drop the option")
 
 
+def _cache_outcome(*found: _Found) -> str:
+    """``"off"`` (no cache), ``"hit"`` (every person's conditioning was cached), ``"miss"`` (none) or
+    ``"partial"``."""
+    if any(f.key is None for f in found):
+        return "off"
+    hits = sum(f.person is not None for f in found)
+    return "hit" if hits == len(found) else "miss" if hits == 0 else "partial"
+
+
+@contextlib.contextmanager
+def _warnings_told() -> Any:
+    """Collect the warnings of the block and give them again when it ends (whatever the filters then do with
+    them, and also when the block raises), yielding the list: whether a step warned decides whether its result may
+    be cached."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 def _name(source: ImageLike, default: str) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else default
 
@@ -393,12 +493,14 @@ def load_bundle(
     num_threads: int | None = None,
     verify: bool = True,
     low_memory: bool = False,
+    conditioning_cache: ConditioningCache | None = None,
 ) -> BundleGenerator:
     """Validate a bundle (sha256 of every file unless ``verify=False``) and prepare its runtime.
 
     ``runtime``: None takes the bundle's own; a different one is refused with what to do. Graphs are loaded
     on first use, so a bad prompt fails before the UNet is read. ``low_memory``: hold one graph at a time
     (each is released when its phase ends), for devices where the whole pipeline does not fit.
+    ``conditioning_cache``: reuse each photo's identity conditioning across calls (``conditioning_cache.py``).
     """
     m = load_manifest(path, runtime=runtime, verify=verify)
     warn_if_cpu_unfit(m)
@@ -408,7 +510,7 @@ def load_bundle(
         runner.graph_precision = graph_precisions(m)
     tok = PromptTokenizer.from_spec(root / m.tokenizer.file, m.tokenizer)
     tok2 = PromptTokenizer.from_spec(root / m.tokenizer_2.file, m.tokenizer_2) if m.tokenizer_2 else None
-    return BundleGenerator(m, runner, tok, tok2, low_memory=low_memory)
+    return BundleGenerator(m, runner, tok, tok2, low_memory=low_memory, conditioning_cache=conditioning_cache)
 
 
 def describe(probe_torch: bool = True) -> dict[str, Any]:

@@ -2,14 +2,22 @@
 
 ``GET /`` the page (self-contained: no CDN, enforced by its Content-Security-Policy), ``GET /api/health``,
 ``GET /api/presets``, ``POST /api/generate`` (multipart: ``face_a``, ``face_b``, ``prompt`` or ``scene``,
-``layout``, ``seed``) -> JSON with the PNG as a data URL, its seed and timings (``?format=png``: the PNG itself).
+``layout``, ``seed``, ``guest``) -> JSON with the PNG as a data URL, its seed and timings (``?format=png``: the PNG
+itself), ``POST /api/forget`` (``guest``).
+
+Another scene for the same couple (:mod:`dhumandiff.serve.guests`): ``guest=new`` with the photos makes the answer
+carry a guest id and the kiosk hold the two decoded photos in memory; ``guest=ID`` without photos makes another
+portrait of them, which skips decoding, face detection and the face encoders (the bundle's conditioning cache), and
+``guest=ID`` with photos replaces them. ``POST /api/forget`` (the page's "New guest", or the page closing), idle
+time (``guest_idle_s``) and a full book (``guests``) forget a guest, photos and conditioning together.
 
 Torch-free on purpose: the bundle runs through :mod:`dhumandiff.runtimes`, so a kiosk box needs only the
 runtime extra and ``[serve]``. Generation runs on one worker thread behind a bounded line
-(:mod:`dhumandiff.serve.queue`); photos are decoded there too, so at most one decoded pair is in memory. Uploads
-live in memory (or Starlette's self-deleting spool files) for the length of the request; nothing is written to
-disk unless ``keep_dir`` is set. Every refusal is a 4xx/5xx JSON ``{"error": one line, "code", "type"}`` whose
-``error`` is the same line the CLI would print, quoting at most 200 characters of anything the guest sent.
+(:mod:`dhumandiff.serve.queue`); photos are decoded there too, so at most one decoded pair is in memory besides
+the held guests' (at most ``guests`` pairs). Uploads live in memory (or Starlette's self-deleting spool files) for
+the length of the request; nothing is written to disk unless ``keep_dir`` is set. Every refusal is a 4xx/5xx JSON
+``{"error": one line, "code", "type"}`` whose ``error`` is the same line the CLI would print, quoting at most 200
+characters of anything the guest sent.
 
 Strangers are refused before any route runs (:class:`_Gate`): a ``Host`` that is not one of the kiosk's own
 names (400: a web page the kiosk's browser opens cannot reach it through DNS rebinding), a POST that a browser
@@ -63,8 +71,10 @@ from ..errors import (
 from ..runtimes.generator import SettingsError
 from ..utils.atomic import atomic_dir
 from ..contract import schedulers
-from ..contract.images import MAX_PIXELS, load_rgb
+from ..contract.images import MAX_PIXELS, load_image, load_rgb
+from ..runtimes.conditioning_cache import ConditioningCache, photo_digest
 from . import presets
+from .guests import Guest, GuestBook
 from .presets import shown
 from .queue import Busy, GenerationQueue, ShuttingDown, Stopped
 
@@ -82,6 +92,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing on top of the two photos
+_GUEST_RE = "^(|new|[0-9a-f]{32})$"  # the guest form field: none, a new guest, or a guest id
+_SWEEP_S = 15.0               # how often idle guests are looked for (also on every generate/forget/health)
 _CSP = ("default-src 'none'; img-src 'self' data: blob:; media-src mediastream: blob:; style-src 'unsafe-inline'; "
         "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
@@ -98,6 +110,8 @@ class KioskSettings:
     title: str = "dhumandiff kiosk"
     allowed_hosts: tuple[str, ...] = ()  # Host names besides loopback's and this machine's (--host, --allowed-host)
     token: str | None = None            # access token every /api/ call must carry (None: none needed)
+    guests: int = 4                     # guests whose photos are held for "Another scene" (0: none)
+    guest_idle_s: float = 600.0         # a guest without a portrait for this long is forgotten
 
     def __post_init__(self) -> None:
         """Refuse a setting that would make every request fail, with one line naming its flag (exit code 1)."""
@@ -112,6 +126,10 @@ class KioskSettings:
              f"--steps must be 1 or more (got {self.steps})"),
             (self.token is None or bool(_TOKEN_RE.fullmatch(self.token)),
              "--token must be 16 to 256 letters, digits or . _ ~ - (leave it out to get a generated one)"),
+            (isinstance(self.guests, int) and not isinstance(self.guests, bool) and 0 <= self.guests <= 64,
+             f"guests must be 0 to 64 (got {self.guests})"),
+            (isinstance(self.guest_idle_s, (int, float)) and math.isfinite(self.guest_idle_s)
+             and 1 <= self.guest_idle_s <= 86400, f"guest_idle_s must be 1 to 86400 seconds (got {self.guest_idle_s})"),
         ):
             if not ok:
                 raise SettingsError(what)
@@ -137,6 +155,8 @@ class _Job:
     seed: int
     request_id: str
     submitted: float = field(default_factory=time.perf_counter)
+    guest: str | None = None            # the guest to hold the photos for (None: a one-off request)
+    held: Guest | None = None           # another scene: the guest's held photos (``face_a``/``face_b``: uploads)
 
 
 @dataclass
@@ -147,13 +167,18 @@ class _Answer:
     settings: dict[str, Any]
     #: one-line notes for the guest (a real photo given to the synthetic-world default, a prompt cut at 77 tokens)
     warnings: list[str] = field(default_factory=list)
+    guest: str | None = None            # the guest id whose photos the kiosk now holds (None: holds nothing)
 
 
 class UploadTooLarge(InputImageError):
     """A photo over the kiosk's upload limit (HTTP 413; exit code 3 like any unusable photo)."""
 
 
-_STATUS: dict[type, int] = {UploadTooLarge: 413, InputImageError: 400, FaceNotFoundError: 422,
+class GuestGone(InputImageError):
+    """Another scene for a guest the kiosk has forgotten (HTTP 410): the photos must be given again."""
+
+
+_STATUS: dict[type, int] = {UploadTooLarge: 413, GuestGone: 410, InputImageError: 400, FaceNotFoundError: 422,
                              MultipleFacesError: 422, PromptError: 422, LayoutError: 422, SettingsError: 422,
                              NumericalError: 500}
 
@@ -329,40 +354,65 @@ def create_app(
     """The kiosk app over ``bundle`` (a bundle folder, or an already loaded generator from ``load_bundle``).
 
     A folder is loaded (and its sha256 checked) here, so a bad bundle fails before the server listens; with
-    ``warm`` every graph is loaded too, so the first guest does not pay for it.
+    ``warm`` every graph is loaded and run once (``BundleGenerator.warm_up``), so the first guest waits no longer
+    than the next (BENCHMARKS.md "Cold start and warm-up"). A folder's generator gets a
+    conditioning cache for the guests' faces; a given generator keeps the one it has (or none: another scene then
+    encodes the faces again).
     """
     cfg = settings or KioskSettings()
     if isinstance(bundle, (str, os.PathLike)):
         from ..runtimes import load_bundle
 
-        gen = load_bundle(bundle, device=device, runtime=runtime, num_threads=num_threads)
+        gen = load_bundle(bundle, device=device, runtime=runtime, num_threads=num_threads,
+                          conditioning_cache=ConditioningCache() if cfg.guests else None)
     else:
         gen = bundle
+    cache = getattr(gen, "conditioning_cache", None)
+    book = GuestBook(cfg.guests, cfg.guest_idle_s, cache.forget if cache is not None else None)
     manifest = gen.manifest
     _check_steps(manifest, cfg.steps)
     if warm:
-        _load_graphs(gen)
+        _warm_up(gen)
     line = GenerationQueue(cfg.queue)
     body_limit = 2 * cfg.max_upload_bytes + _MULTIPART_SLACK
     page = _load_page(cfg.title)
 
     def run(job: _Job) -> _Answer:
-        """On the worker thread: decode both photos, generate, encode the PNG (and keep it if configured)."""
+        """On the worker thread: decode both photos (or take the guest's held ones), generate, encode the PNG (and
+        keep it if configured); then hold the guest's photos, or drop the conditioning of photos nobody holds."""
         started = time.perf_counter()
         t0 = time.perf_counter()
-        face_a = load_rgb(job.face_a, f"photo a ({job.names[0]})", max_pixels=cfg.max_pixels)
-        face_b = load_rgb(job.face_b, f"photo b ({job.names[1]})", max_pixels=cfg.max_pixels)
+        if job.held is not None:
+            face_a, face_b = job.held.photos
+            digests = job.held.digests
+        else:
+            face_a = load_rgb(job.face_a, f"photo a ({job.names[0]})", max_pixels=cfg.max_pixels)
+            face_b = load_rgb(job.face_b, f"photo b ({job.names[1]})", max_pixels=cfg.max_pixels)
+            digests = (_digest(face_a), _digest(face_b)) if cache is not None else ("", "")
         decode = time.perf_counter() - t0
-        with guest_call() as notes:
-            res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
-                      progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at the next step
+        held_now = False
+        try:
+            with guest_call() as notes:
+                res = gen(face_a, face_b, job.prompt, seed=job.seed, layout=job.boxes, steps=cfg.steps,
+                          progress=lambda *_: line.check_stop())  # a guest who left, or shutdown: stop at next step
+            if job.guest is not None and job.held is None:
+                for arr in (face_a, face_b):
+                    arr.flags.writeable = False
+                uploads = (job.face_a, job.face_b) if cfg.keep_dir is not None else (b"", b"")
+                held_now = book.hold(job.guest, Guest((face_a, face_b), job.names, digests, uploads))
+            elif job.guest is not None:
+                held_now = book.touch(job.guest)
+        finally:
+            if not held_now:  # a one-off request, a failed one, or a guest forgotten meanwhile: keep no face
+                book.release(d for d in digests if d)
         del face_a, face_b
         line.check_stop()  # nobody waits for it: neither encoded nor kept
         buf = io.BytesIO()
         res.image.save(buf, format="PNG")
         timings = {"queue_wait": started - job.submitted, "read_photos": decode,
                    **{k: float(v) for k, v in res.timings.items()}}
-        answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings), notes)
+        answer = _Answer(buf.getvalue(), res.image.size, timings, dict(res.settings), notes,
+                         job.guest if held_now else None)
         if cfg.keep_dir is not None:
             try:  # archiving is best-effort: a full or read-only disk must not cost the guest the portrait
                 _keep(job, answer)
@@ -381,9 +431,19 @@ def create_app(
                 {"request_id": job.request_id, "prompt": job.prompt, "scene": job.scene, "layout": job.layout,
                  "seed": job.seed, "timings": answer.timings, "settings": answer.settings}, indent=2, default=str))
 
+    async def sweep_guests() -> None:
+        while True:  # idle guests are forgotten even when nobody uses the kiosk
+            await asyncio.sleep(min(_SWEEP_S, cfg.guest_idle_s / 4))
+            book.sweep()
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        sweeper = asyncio.ensure_future(sweep_guests())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            book.clear()
         if not line.shutdown(timeout=3.0):  # waiting and running guests were answered 503 by now
             log.warning("stopped while a generation was still running; it is abandoned")
 
@@ -391,6 +451,7 @@ def create_app(
     app.state.queue = line
     app.state.settings = cfg
     app.state.generator = gen
+    app.state.guests = book
 
     # ----------------------------------------------------------------------------------- refusals (JSON)
 
@@ -440,9 +501,11 @@ def create_app(
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
+        book.sweep()
         return {"status": "ok", "model": manifest.model_name, "runtime": manifest.runtime,
                 "image_size": list(manifest.image_size), "steps": cfg.steps or manifest.defaults.steps,
-                **line.snapshot()}
+                **line.snapshot(), "guests": len(book),
+                "conditioning_cache": cache.stats() if cache is not None else None}
 
     @app.get("/api/presets")
     async def get_presets() -> dict[str, Any]:
@@ -493,19 +556,31 @@ def create_app(
         scene: str = Form("", description="Preset scene id (GET /api/presets)."),
         layout: str = Form("", description="Layout id (GET /api/presets); empty: side by side."),
         seed: str = Form("", description="Non-negative integer; empty: a random one (echoed back)."),
+        guest: str = Form("", pattern=_GUEST_RE, description="new: hold these photos for another scene (the answer "
+                          "names the guest); a guest id without photos: another scene of that guest's photos."),
         format: str = Query("json", pattern="^(json|png)$", description="json (data URL + timings) or png."),
     ) -> Response:
         t_request = time.perf_counter()
-        photos = [await read_photo(label, upload) for label, upload in (("a", face_a), ("b", face_b))]
+        held = None
+        if guest not in ("", "new") and face_a is None and face_b is None:
+            held = book.get(guest)
+            if held is None:
+                raise GuestGone("the kiosk no longer has your photos (it lets them go after "
+                                f"{cfg.guest_idle_s / 60:g} minutes without a portrait, or when a new guest starts): "
+                                "take or choose your photos again")
+            photos = [(held.uploads[0], held.names[0]), (held.uploads[1], held.names[1])]
+        else:
+            photos = [await read_photo(label, upload) for label, upload in (("a", face_a), ("b", face_b))]
         if len(prompt) > MAX_PROMPT_CHARS:
             raise PromptError(f"the prompt is {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
         text, scene_id = presets.scene_prompt(scene, prompt)
         layout_id, boxes = presets.layout_boxes(layout)
         seed_value = _parse_seed(seed)
         rid = uuid.uuid4().hex
+        guest_id = None if guest == "" else uuid.uuid4().hex if guest == "new" else guest
         job = _Job(photos[0][0], photos[1][0], (photos[0][1], photos[1][1]), text, scene_id, layout_id, boxes,
-                   seed_value, rid)
-        del photos
+                   seed_value, rid, guest=guest_id, held=held)
+        del photos, held
         ticket = line.submit(run, job)
         waiter = asyncio.wrap_future(ticket)
         gone = asyncio.ensure_future(_disconnected(request))
@@ -534,16 +609,31 @@ def create_app(
             return Response(answer.png, media_type="image/png", headers={
                 "Cache-Control": "no-store", "X-Request-Id": rid, "X-Seed": str(seed_value),
                 "X-Generation-Seconds": f"{answer.timings.get('total', math.nan):.4f}",
-                "X-Queue-Wait-Seconds": f"{answer.timings['queue_wait']:.4f}"})
+                "X-Queue-Wait-Seconds": f"{answer.timings['queue_wait']:.4f}",
+                **({"X-Guest": answer.guest} if answer.guest else {})})
         return JSONResponse({
             **meta, "image": "data:image/png;base64," + base64.b64encode(answer.png).decode("ascii"),
             "width": answer.size[0], "height": answer.size[1],
             "timings": {k: round(v, 4) for k, v in answer.timings.items()},
             "steps": answer.settings.get("steps"), "runtime": answer.settings.get("runtime"),
-            "warnings": answer.warnings,
+            "warnings": answer.warnings, "guest": answer.guest,
+            "conditioning_cache": answer.settings.get("conditioning_cache", "off"),
         }, headers={"Cache-Control": "no-store"})
 
+    @app.post("/api/forget", max_body_size=_MULTIPART_SLACK)
+    async def forget(guest: str = Form("", pattern=_GUEST_RE, description="The guest id to forget.")) -> JSONResponse:
+        """Forget a guest now (the page's "New guest", or the page closing): their photos and the conditioning of
+        their faces. Forgetting an unknown or already forgotten guest is not an error."""
+        forgotten = guest not in ("", "new") and book.forget(guest)
+        book.sweep()
+        return JSONResponse({"forgotten": forgotten, "guests": len(book)}, headers={"Cache-Control": "no-store"})
+
     return app
+
+
+def _digest(photo: Any) -> str:
+    """The conditioning cache's key of a decoded photo: the pixels the generator's own loader makes of it."""
+    return photo_digest(load_image(photo))
 
 
 async def _disconnected(request: Request) -> None:
@@ -563,8 +653,13 @@ def _check_steps(manifest: Any, steps: int | None) -> None:
                             f"its default is {manifest.defaults.steps}") from None
 
 
-def _load_graphs(gen: Any) -> None:
-    """Load every graph of the bundle now (runtimes load them lazily on first use)."""
+def _warm_up(gen: Any) -> None:
+    """Load every graph of the bundle and run it once now: runtimes load graphs lazily and allocate, pick kernels
+    and pack weights on a graph's first call; a generator without ``warm_up`` gets its graphs loaded."""
+    warm_up = getattr(gen, "warm_up", None)
+    if callable(warm_up):
+        warm_up()
+        return
     handle = getattr(gen.runner, "handle", None)
     if handle is not None:
         for name in gen.manifest.components:
