@@ -446,6 +446,8 @@ START_REFUSALS = [
     ("queue -1", ["--queue", "-1"], "--queue must be 0 to 1000"),
     ("short token", ["--token", "secret"], "--token must be 16 to 256"),
     ("allowed host with a scheme", ["--allowed-host", "http://kiosk.example/"], "is not a host name"),
+    ("guests 65", ["--guests", "65"], "--guests must be 0 to 64"),
+    ("guest idle nan", ["--guest-idle-s", "nan"], "--guest-idle-s must be 1 to 86400 seconds"),
 ]
 
 

@@ -41,6 +41,10 @@ def serve(
     token: str = typer.Option(None, "--token", envvar="DHUMANDIFF_KIOSK_TOKEN", show_envvar=True,
                               help="Access token (16+ letters, digits, . _ ~ -) every API call must carry; "
                                    "generated and printed when --host is not loopback and none is given."),
+    guests: int = typer.Option(4, "--guests", help="Couples whose photos are held in memory for \"Another "
+                               "scene\" (0: none; each is forgotten on New guest, page close or --guest-idle-s)."),
+    guest_idle_s: float = typer.Option(600.0, "--guest-idle-s", help="Forget a guest after this many seconds "
+                                       "without a portrait."),
     allowed_host: list[str] = typer.Option([], "--allowed-host", help="Another name guests reach the kiosk by "
                                            "(repeatable); requests for any other Host are refused."),
 ) -> None:
@@ -71,7 +75,8 @@ def serve(
                                   "`dhumandiff export`")
     token = resolve_token(host, token)
     settings = KioskSettings(queue=queue, max_upload_mb=max_upload_mb, max_pixels=max_pixels, keep_dir=keep_dir,
-                             steps=steps, title=title, allowed_hosts=(host, *allowed_host), token=token)
+                             steps=steps, title=title, allowed_hosts=(host, *allowed_host), token=token,
+                             guests=guests, guest_idle_s=guest_idle_s)
     app = create_app(bundle, settings, device=device, runtime=runtime, num_threads=threads)
     if keep_dir is not None:  # refused at start-up, not discovered guest by guest
         _check_keep_dir(keep_dir)

@@ -127,9 +127,9 @@ class KioskSettings:
             (self.token is None or bool(_TOKEN_RE.fullmatch(self.token)),
              "--token must be 16 to 256 letters, digits or . _ ~ - (leave it out to get a generated one)"),
             (isinstance(self.guests, int) and not isinstance(self.guests, bool) and 0 <= self.guests <= 64,
-             f"guests must be 0 to 64 (got {self.guests})"),
+             f"--guests must be 0 to 64 (got {self.guests})"),
             (isinstance(self.guest_idle_s, (int, float)) and math.isfinite(self.guest_idle_s)
-             and 1 <= self.guest_idle_s <= 86400, f"guest_idle_s must be 1 to 86400 seconds (got {self.guest_idle_s})"),
+             and 1 <= self.guest_idle_s <= 86400, f"--guest-idle-s must be 1 to 86400 seconds (got {self.guest_idle_s})"),
         ):
             if not ok:
                 raise SettingsError(what)
