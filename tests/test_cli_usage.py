@@ -5,7 +5,7 @@ import pytest
 from dhumandiff.cli.main import main
 
 
-@pytest.mark.parametrize("argv", [["generate", "--bogus"], ["serve"], ["export", "onnx", "tiny"],
+@pytest.mark.parametrize("argv", [["generate", "--bogus"], ["serve", "--port"], ["export", "onnx", "tiny"],
                                   ["train", "--data"]])
 def test_usage_errors_are_one_short_message(argv, capsys):
     code = main(argv)

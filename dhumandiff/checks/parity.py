@@ -250,6 +250,9 @@ def load_reference(manifest: Any, model: DHumanDiff | str | Path | None) -> tupl
                               "(--model NAME_OR_FOLDER)")
         ref = load_model(name)
         source = name
+    merging = (manifest.extra.get("export") or {}).get("token_merging")
+    if merging and not isinstance(model, DHumanDiff):  # the graphs merge tokens: so must the reference
+        ref.set_token_merging(merging["ratio"], merging.get("max_downsample", 1))
     if ref.config.name != manifest.backbone:
         raise BundleError(f"the reference model is a {ref.config.name} model but the bundle was exported from a "
                           f"{manifest.backbone} model; pass the matching --model")

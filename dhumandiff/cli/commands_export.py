@@ -12,7 +12,8 @@ from typing import Callable
 import typer
 
 from .console import console, progress_bar
-from .options import CALIBRATION_HELP, QUANTIZE_HELP, quantize_options, source_name
+from .options import (CALIBRATION_HELP, QUANTIZE_HELP, TOKEN_MERGING_DEPTH_HELP, TOKEN_MERGING_HELP, quantize_options,
+                      source_name)
 
 export_app = typer.Typer(no_args_is_help=True,
                          help="Export a model as a bundle (graphs + tokenizer + bundle.json) for one runtime.")
@@ -59,12 +60,15 @@ def _export_command(runtime: str) -> Callable[..., None]:
         face_models: Path = typer.Option(None, "--face-models", help="insightface pack folder (buffalo_l: "
                                          "det_10g.onnx, w600k_r50.onnx) the bundle ships as its face detector and "
                                          "recogniser: for converted official models, which have none of their own."),
+        token_merging: float = typer.Option(None, "--token-merging", help=TOKEN_MERGING_HELP),
+        token_merging_depth: int = typer.Option(1, "--token-merging-depth", help=TOKEN_MERGING_DEPTH_HELP),
     ) -> None:
         q = quantize_options(quantize, calibration, batch=batch, keep_float=keep_float, group_size=group_size,
                              symmetric=symmetric, int8_kernel=int8_kernel)
         if batch is not None:
             return _export_batch(runtime, model, batch, out, precision, dynamic, overwrite)
-        _export(runtime, model, out, precision, dynamic, overwrite, quantization=q, face_models=face_models)
+        _export(runtime, model, out, precision, dynamic, overwrite, quantization=q, face_models=face_models,
+                token_merging=(token_merging, token_merging_depth) if token_merging else None)
 
     command.__name__ = f"export_{runtime}"
     return command
@@ -99,21 +103,26 @@ def _coreml_command() -> Callable[..., None]:
 
 
 def _export(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
-            quantization=None, face_models: Path | None = None) -> None:
+            quantization=None, face_models: Path | None = None,
+            token_merging: tuple[float, int] | None = None) -> None:
     label = precision if quantization is None else f"{precision} -> {quantization.mode}"
     with progress_bar(f"export {runtime} {label}") as update:
-        path = _export_model(runtime, model, out, precision, dynamic, overwrite, update, quantization, face_models)
+        path = _export_model(runtime, model, out, precision, dynamic, overwrite, update, quantization, face_models,
+                             token_merging)
     console.print(f"wrote {path}")
 
 
 def _export_model(runtime: str, model: str, out: Path, precision: str, dynamic: bool, overwrite: bool,
-                  progress: Callable[..., None], quantization=None, face_models: Path | None = None) -> Path:
+                  progress: Callable[..., None], quantization=None, face_models: Path | None = None,
+                  token_merging: tuple[float, int] | None = None) -> Path:
     """Load one model and export it (what a single export and each item of a ``--batch`` run do)."""
     from ..export.bundle import export_bundle
     from ..model.generate import load_model
 
     source = source_name(model)
     m = load_model(model)
+    if token_merging is not None:
+        m.set_token_merging(*token_merging)
     return export_bundle(m, out, runtime, precision, dynamic=dynamic, overwrite=overwrite, progress=progress,
                          source_model=source, quantization=quantization, face_models=face_models)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from .console import console, progress_bar
-from .options import RUNTIME_HELP, SAMPLER_HELP
+from .options import RUNTIME_HELP, SAMPLER_HELP, TOKEN_MERGING_DEPTH_HELP, TOKEN_MERGING_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +48,9 @@ def generate(
     negative_prompt: str = typer.Option(None, "--negative-prompt", help="What CFG steers away from (default: the model's recipe: '' for dhumandiff models, the official negative prompt for converted ones)."),
     region_masks: bool = typer.Option(None, "--region-masks/--no-region-masks", help="Gate each identity to its layout box (default: the recipe's; official-faithful models have none)."),
     face_models: Path = typer.Option(None, "--face-models", envvar="DHUMANDIFF_FACE_MODELS", show_envvar=True, help="insightface pack folder (buffalo_l: det_10g.onnx, w600k_r50.onnx) for a converted official model (--model); nothing is downloaded."),
+    token_merging: float = typer.Option(None, "--token-merging", help=TOKEN_MERGING_HELP + " PyTorch model only: "
+                                        "a bundle has it from `export --token-merging`."),
+    token_merging_depth: int = typer.Option(1, "--token-merging-depth", help=TOKEN_MERGING_DEPTH_HELP),
     cascade_mask: str = typer.Option(None, "--cascade-mask", help="Cascade stage-1 mask: official, two-person (the official recipe with person 2's map) or attention-mass (default: the recipe's)."),
 ) -> None:
     """Generate a portrait of the two people in the photos, in the scene the prompt describes."""
@@ -62,7 +65,7 @@ def generate(
     vae_precision = check_vae_precision(vae_precision)
     t0 = time.time()
     if model is None and bundle is None:
-        embedded = _embedded_default(runtime, mode, cascade_mask, vae_precision, face_models)
+        embedded = _embedded_default(runtime, mode, cascade_mask, vae_precision, face_models, token_merging)
         if embedded is not None:
             bundle, runtime = embedded
     if low_memory and bundle is None:
@@ -72,6 +75,9 @@ def generate(
 
         if model is not None:
             raise SettingsError("give --model (PyTorch reference) or --bundle (exported), not both")
+        if token_merging:
+            raise SettingsError("a bundle merges tokens as it was exported (`dhumandiff export ... --token-merging "
+                                "R`); --token-merging applies to the PyTorch model (--model)")
         if mode != "single" or cascade_mask is not None:
             raise SettingsError(f"bundles run --mode single only (got --mode {mode!r}"
                                 f"{' --cascade-mask' if cascade_mask else ''}); use the PyTorch model (--model) "
@@ -89,6 +95,8 @@ def generate(
         if mode not in ("single", "cascade"):
             raise SettingsError(f"--mode must be 'single' or 'cascade' (got {mode!r})")
         m = load_model(model)
+        if token_merging:
+            m.set_token_merging(token_merging, token_merging_depth)
         with progress_bar("generating") as update:
             res = generate_portrait(m, face_a, face_b, prompt, steps=steps, seed=seed, guidance=guidance,
                                     ip_scale=ip_scale, mode=mode, layout=layout, face_index_a=face_index_a,
@@ -101,7 +109,7 @@ def generate(
 
 
 def _embedded_default(runtime: str | None, mode: str, cascade_mask: str | None, vae_precision: str | None,
-                      face_models: Path | None) -> tuple[Path, str] | None:
+                      face_models: Path | None, token_merging: float | None = None) -> tuple[Path, str] | None:
     """The embedded default bundle and the runtime to run it, when this request needs neither the reference
     model nor torch; None sends it to the PyTorch reference (which says which extra to install if torch is missing).
     """
@@ -113,7 +121,8 @@ def _embedded_default(runtime: str | None, mode: str, cascade_mask: str | None, 
     if mode not in ("single", "cascade"):
         raise SettingsError(f"--mode must be 'single' or 'cascade' (got {mode!r})")
     reference_only = {"--mode cascade": mode == "cascade", "--cascade-mask": cascade_mask is not None,
-                      "--vae-precision fp16": vae_precision == "fp16", "--face-models": face_models is not None}
+                      "--vae-precision fp16": vae_precision == "fp16", "--face-models": face_models is not None,
+                      "--token-merging": bool(token_merging)}
     if any(reference_only.values()):
         if importlib.util.find_spec("torch") is None:
             what = next(flag for flag, given in reference_only.items() if given)

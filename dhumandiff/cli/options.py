@@ -59,3 +59,9 @@ def quantize_options(mode: str | None, calibration: Path | None, *, batch: Path 
                            group_size=group_size, ratio=ratio, symmetric=symmetric, avg_bits=avg_bits,
                            int8_kernel=int8_kernel,
                            components=tuple(c for c in components.split(",") if c) if components else None)
+
+
+TOKEN_MERGING_HELP = ("Token merging (ToMe): merge this share of the tokens (0-0.75) in the UNet's self-attention at "
+                      "the full-size latent; training-free, fewer FLOPs per step, a little less fidelity "
+                      "(BENCHMARKS.md \"Token merging\").")
+TOKEN_MERGING_DEPTH_HELP = "Token merging also in layers downsampled up to this much (1, 2, 4, 8)."

@@ -167,6 +167,8 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
         from .quantize_modes import check_options
 
         check_options(runtime, precision, quantization)
+    if dynamic and getattr(model, "token_merging", None) is not None:
+        raise DHumanDiffError("token merging is exported with static shapes: leave out --dynamic")
     out_dir = Path(out_dir)
     options = ExportOptions(runtime, precision, dynamic, validate, seed)
     specs = list(specs) if specs is not None else components_for(model)
@@ -216,6 +218,8 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
         tolerances = {c.name: quantized.get(c.name) or by_name[c.name].tolerance(c.precision) for c in components
                       if c.name in by_name}
         info = {"exporter": runtime, "dynamic": dynamic, "seed": seed}
+        if getattr(model, "token_merging", None) is not None:
+            info["token_merging"] = model.token_merging.to_dict()
         if info_pack is not None:
             info["face_pack"] = info_pack
         if runtime == "onnx":

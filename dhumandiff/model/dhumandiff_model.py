@@ -32,6 +32,7 @@ from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjec
 from ..errors import CheckpointError
 from ..utils.atomic import atomic_dir
 from .attention import install_dual_processors, processor_list
+from .token_merging import TokenMerging, apply_token_merging
 from .configs import BackboneConfig, get_backbone_config
 from .projections import FaceProjPlus, Resampler, SubjectMLP
 from .text import PlainTextEncoder, SubjectTextEncoder
@@ -69,6 +70,17 @@ class DHumanDiff(nn.Module):
         self.identity_unet = IdentityUNet(unet)
         self.subject_text = SubjectTextEncoder(text_encoder, subject_mlp, config.text_hidden_index)
         self.plain_text_2 = PlainTextEncoder(text_encoder_2) if text_encoder_2 is not None else None
+
+        #: Token merging in the UNet's self-attention (``token_merging.py``), None when off; exports record it.
+        self.token_merging: TokenMerging | None = None
+
+    def set_token_merging(self, ratio: float | None, max_downsample: int = 1) -> int:
+        """Merge ``ratio`` of the tokens in ``attn1`` of the layers within ``max_downsample`` of the full latent
+        (ToMe; ``ratio`` None or 0 turns it off). Returns the number of layers that merge."""
+        merging = TokenMerging(ratio, max_downsample) if ratio else None
+        n = apply_token_merging(self.unet, merging, (self.config.latent_size,) * 2)
+        self.token_merging = merging if n else None
+        return n
 
     # ------------------------------------------------------------------ construction
     @classmethod
