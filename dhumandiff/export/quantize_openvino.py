@@ -168,7 +168,7 @@ def run(job: QuantJob, files: list[str], example: Mapping[str, torch.Tensor],
         job.cache["compiled"] = openvino_export.compile_ir(job.root / files[0])
     compiled = job.cache["compiled"]
     feed = {port: example[openvino_export._port_name(port, example)].numpy() for port in compiled.inputs}
-    results = compiled(feed)
+    results = openvino_export.infer(compiled, feed)
     return {name: np.array(results[compiled.output(name)]) for name in output_names}
 
 
