@@ -257,7 +257,7 @@ def write_report(report: dict, results: Path) -> None:
         lines.append(f"| {name} | {r['rc']} | {r['wall_s']} | {r['peak_rss_tree_gib']} ({r['peak_rss_anon_tree_gib']} / "
                      f"{r['peak_rss_file_tree_gib']}) | {r.get('time_v_max_rss_gib', '-')} | "
                      f"{r['min_mem_available_gib']} | {r['output_disk_gib']} | {r['peak_extra_disk_gib']} | "
-                     f"{r['load_avg_start'][0]} -> {r['load_avg_max_1min']} | {r.get('stopped') or r.get('note', '')} |")
+                     f"{r['load_avg_start'][0]} -> {r['load_avg_max_1min']} | {'; '.join(x for x in (r.get('stopped'), r.get('note')) if x)} |")
     gens = {k: v for k, v in report["steps_run"].items() if "generation" in v}
     if gens:
         lines += ["", "| image | load s | encode faces s | encode text s | first UNet step s (incl. graph load) | "
