@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from dhumandiff.utils.cpu import cpu_features
+
 ROOT = Path(__file__).resolve().parent.parent
 FACES = (ROOT / "examples" / "face_a.png", ROOT / "examples" / "face_b.png")
 PROMPT = "a man and a woman on the beach"
@@ -56,14 +58,6 @@ def _measure(bundle: str, runtime: str | None, steps: int | None, mode: str, rep
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _cpu() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}, {len(set(ln for ln in text.splitlines() if ln.startswith('processor')))} cores, {' '.join(wanted)}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", action="append", default=[])
@@ -78,7 +72,7 @@ def main() -> None:
     from dhumandiff.runtimes.embedded import embedded_bundle
 
     bundles = args.bundle or [str(embedded_bundle())]
-    print(f"CPU: {_cpu()}")
+    print(f"CPU: {cpu_features().line()}")
     print("| bundle | runtime | load s | cold first image s | warm image s | cold / warm | warm-up s | "
           "first image after warm-up s | after warm-up / warm |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -22,19 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dhumandiff.utils.cpu import cpu_features
+
 ROOT = Path(__file__).resolve().parent.parent
 FACES = (ROOT / "examples" / "face_a.png", ROOT / "examples" / "face_b.png")
 FIRST, SECOND = "a man and a woman on the beach", "a man and a woman at their wedding"
 PHASES = ("read_photos", "find_faces", "encode_faces", "encode_text", "denoise", "decode")
-
-
-def _cpu() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    cores = len({ln for ln in text.splitlines() if ln.startswith("processor")})
-    return f"{model}, {cores} cores, {' '.join(wanted)}"
 
 
 def measure(bundle: str, steps: int | None, repeats: int, threads: int | None) -> dict:
@@ -83,7 +76,7 @@ def main() -> None:
 
     bundles = args.bundle or [str(embedded_bundle())]
     rows = [measure(b, args.steps, args.repeats, args.threads) for b in bundles]
-    print(f"CPU: {_cpu()}; median of {args.repeats}")
+    print(f"CPU: {cpu_features().line()}; median of {args.repeats}")
     print("| bundle | steps | first portrait ms | second portrait ms | second / first | best of each, ms | "
           "same image as without cache |")
     print("|---|---:|---:|---:|---:|---:|---|")

@@ -29,17 +29,10 @@ from dhumandiff.model.faces import get_face_analyzer
 from dhumandiff.model.generate import load_model
 from dhumandiff.model.registry import ASSETS
 from dhumandiff.runtimes import load_bundle
+from dhumandiff.utils.cpu import cpu_features
 
 ROOT = Path(__file__).resolve().parent.parent
 FACES = (ROOT / "examples" / "face_a.png", ROOT / "examples" / "face_b.png")
-
-
-def _cpu() -> str:
-    text = Path("/proc/cpuinfo").read_text()
-    model = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
-    flags = next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags"))
-    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}, {torch.get_num_threads()} threads, {' '.join(wanted)}"
 
 
 def _model(name_or_backbone: str, ratio: float) -> DHumanDiff:
@@ -98,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     ratios = [float(x) for x in args.ratios.split(",")]
     skip = set(args.skip.split(","))
-    print(f"CPU: {_cpu()}")
+    print(f"CPU: {cpu_features().line()}")
     with tempfile.TemporaryDirectory() as tmp:
         ident = {} if "identity" in skip else identity(args.data, ratios, args.limit, Path(tmp) / "eval")
         tiny = {} if "tiny" in skip else tiny_steps(ratios, Path(tmp))

@@ -153,8 +153,7 @@ def doctor() -> None:
                       ", ".join(info.providers) or "-")
     console.print(table)
     cpu = cpu_features()
-    console.print(f"CPU: {cpu.model} ({cpu.cores} cores): {cpu.summary()} [{', '.join(cpu.flags) or 'no flags read'}]",
-                  highlight=False, markup=False)
+    console.print(f"CPU: {cpu.line()}", highlight=False, markup=False)
     int8 = ("VNNI dot products (u8 x s8 exact and fast)" if cpu.vnni else
             "no VNNI: ONNX int8 bundles made here store u8 weights (exact); int8 may run slower than fp32")
     bf16 = "native" if cpu.bf16 else "not native (bf16 is emulated in torch; OpenVINO runs bf16 bundles in f32)"

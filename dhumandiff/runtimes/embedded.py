@@ -15,8 +15,6 @@ from pathlib import Path
 
 BUNDLES = Path(__file__).resolve().parent.parent / "assets" / "bundles"
 DEFAULT_BUNDLE = "tiny"
-#: Runtimes that can run the embedded bundle, with their backend module.
-_BACKENDS = (("onnx", "onnxruntime"),)
 
 
 def embedded_bundle(name: str = DEFAULT_BUNDLE) -> Path | None:
@@ -26,10 +24,7 @@ def embedded_bundle(name: str = DEFAULT_BUNDLE) -> Path | None:
 
 
 def embedded_runtime(requested: str | None = None) -> str | None:
-    """The installed runtime to run the embedded bundle with (``requested`` if given and installed), or None."""
-    for runtime, module in _BACKENDS:
-        if requested not in (None, runtime):
-            continue
-        if importlib.util.find_spec(module) is not None:
-            return runtime
+    """``"onnx"`` when onnxruntime is installed and no other runtime was ``requested``, else None."""
+    if requested in (None, "onnx") and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
     return None

@@ -371,8 +371,8 @@ def create_app(
     book = GuestBook(cfg.guests, cfg.guest_idle_s, cache.forget if cache is not None else None)
     manifest = gen.manifest
     _check_steps(manifest, cfg.steps)
-    if warm:
-        _warm_up(gen)
+    if warm:  # runtimes load graphs lazily and allocate, pick kernels and pack weights on a graph's first call
+        gen.warm_up()
     line = GenerationQueue(cfg.queue)
     body_limit = 2 * cfg.max_upload_bytes + _MULTIPART_SLACK
     page = _load_page(cfg.title)
@@ -653,17 +653,6 @@ def _check_steps(manifest: Any, steps: int | None) -> None:
                             f"its default is {manifest.defaults.steps}") from None
 
 
-def _warm_up(gen: Any) -> None:
-    """Load every graph of the bundle and run it once now: runtimes load graphs lazily and allocate, pick kernels
-    and pack weights on a graph's first call; a generator without ``warm_up`` gets its graphs loaded."""
-    warm_up = getattr(gen, "warm_up", None)
-    if callable(warm_up):
-        warm_up()
-        return
-    handle = getattr(gen.runner, "handle", None)
-    if handle is not None:
-        for name in gen.manifest.components:
-            handle(name)
 
 
 def _parse_seed(seed: str) -> int:

@@ -50,6 +50,10 @@ class CpuFeatures:
         """The int8 operand types that are both exact and fast here: ``u8s8`` with VNNI, else ``u8u8``."""
         return "u8s8" if self.vnni else "u8u8"
 
+    def line(self) -> str:
+        """Model, cores, summary and flags in one line: what a report or benchmark prints beside its figures."""
+        return f"{self.model} ({self.cores} cores): {self.summary()} [{', '.join(self.flags) or 'no flags read'}]"
+
     def summary(self) -> str:
         """One line for reports and BENCHMARKS.md, e.g. ``AVX-512 + VNNI + BF16``."""
         if self.machine.lower() not in ("x86_64", "amd64", "i686", "x86"):
