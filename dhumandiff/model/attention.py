@@ -170,6 +170,15 @@ def _attention_forward(attn: Any, hidden_states: torch.Tensor, encoder_hidden_st
     return out / attn.rescale_output_factor
 
 
+def block_level(name: str, levels: int) -> int:
+    """How many times the latent is halved at the attention processor ``name`` (diffusers' naming): its UNet
+    level, which also indexes ``block_out_channels``."""
+    if name.startswith("mid_block"):
+        return levels - 1
+    block = int(name.split(".")[1])
+    return block if name.startswith("down_blocks") else levels - 1 - block
+
+
 def install_dual_processors(unet: nn.Module, num_text_tokens: int = 77, num_id_tokens: int = 16,
                             scale: float = 1.0) -> nn.ModuleList:
     """Give every ``attn2`` a :class:`DualIPAttnProcessor` and every ``attn1`` a :class:`SelfAttnProcessor`.
@@ -183,14 +192,8 @@ def install_dual_processors(unet: nn.Module, num_text_tokens: int = 77, num_id_t
         if name.endswith("attn1.processor"):
             procs[name] = SelfAttnProcessor()
             continue
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            block_id = int(name[len("up_blocks.")])
-            hidden = list(reversed(unet.config.block_out_channels))[block_id]
-        else:
-            block_id = int(name[len("down_blocks.")])
-            hidden = unet.config.block_out_channels[block_id]
+        channels = unet.config.block_out_channels
+        hidden = channels[block_level(name, len(channels))]
         procs[name] = DualIPAttnProcessor(hidden, cross_dim, num_text_tokens, num_id_tokens, scale)
     unet.set_attn_processor(procs)
     return processor_list(unet)

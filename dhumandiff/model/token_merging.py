@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import SettingsError
-from .attention import SelfAttnProcessor, _attention_forward
+from .attention import SelfAttnProcessor, _attention_forward, block_level
 
 __all__ = ["TokenMerging", "ToMeSelfAttnProcessor", "apply_token_merging", "bipartite_merge"]
 
@@ -108,14 +108,6 @@ class ToMeSelfAttnProcessor(SelfAttnProcessor):
         return unmerge(_attention_forward(attn, merge(hidden_states), None, self._core))
 
 
-def _level(name: str, levels: int) -> int:
-    """How many times the latent is halved at the attention processor ``name`` (diffusers' naming)."""
-    if name.startswith("mid_block"):
-        return levels - 1
-    block = int(name.split(".")[1])
-    return block if name.startswith("down_blocks") else levels - 1 - block
-
-
 def apply_token_merging(unet: nn.Module, merging: TokenMerging | None, latent_size: tuple[int, int]) -> int:
     """Give the ``attn1`` of every layer within ``merging.max_downsample`` a :class:`ToMeSelfAttnProcessor` for a
     latent of ``latent_size`` (None: plain :class:`SelfAttnProcessor` everywhere again). Returns layers merged."""
@@ -126,7 +118,7 @@ def apply_token_merging(unet: nn.Module, merging: TokenMerging | None, latent_si
         if not name.endswith("attn1.processor"):
             procs[name] = proc
             continue
-        down = 2 ** _level(name, levels)
+        down = 2 ** block_level(name, levels)
         h, w = latent_size[0] // down, latent_size[1] // down
         if merging is not None and down <= merging.max_downsample and h % 2 == 0 and w % 2 == 0:
             procs[name] = ToMeSelfAttnProcessor(merging.ratio, (h, w))
