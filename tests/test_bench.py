@@ -341,3 +341,24 @@ def test_sd15_code_path_on_the_test_sized_twin(tmp_path):
     assert all("warm" in pipe[m] for m in ("held", "low-memory")), pipe
     assert pipe["components"]["unet"] == report["estimate"]["per_component"]["unet"]["variant"]
     assert "Measured, one process" in paths["md"].read_text()
+
+
+@pytest.mark.slow
+def test_sd15_harness_runs_a_pruned_backbone_exporting_only_what_its_variants_need(tmp_path):
+    """``sd15-test-prune-small`` (BK-SDM cut, random weights) through the harness with just the NNCF int8 rows:
+    only the OpenVINO UNet folders are exported, and the int8 graph is judged against its own torch fp32."""
+    from benchmarks.sd15.run import Sd15Settings, run_sd15
+
+    settings = Sd15Settings(out=tmp_path / "out", cache=tmp_path / "cache", warmup=1, repeats=2, peaks=False,
+                            calibration_samples=2, backbone="sd15-test-prune-small",
+                            variants=("ov-nncf-int8", "ov-nncf-int8-b1"))
+    report = json.loads(run_sd15(settings)["json"].read_text())
+    rows = {r["key"]: r for r in report["variants"]}
+    assert not [k for k, r in rows.items() if "error" in r], rows
+    assert report["meta"]["exported"] == ["openvino", "openvino-b1"]
+    assert not (tmp_path / "cache" / "sd15-test-prune-small" / "onnx").exists()
+    assert all(r["psnr_db"] > 20 for r in rows.values())
+    full = json.loads(run_sd15(Sd15Settings(out=tmp_path / "out2", cache=tmp_path / "cache", warmup=1, repeats=2,
+                                            peaks=False, calibration_samples=2, backbone="sd15-test",
+                                            variants=("ov-nncf-int8",)))["json"].read_text())
+    assert full["meta"]["params"]["unet"] > report["meta"]["params"]["unet"]

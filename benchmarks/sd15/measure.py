@@ -16,7 +16,7 @@ import numpy as np
 
 from . import run_job
 from .pipeline import measure_pipeline
-from .prepare import OTHER_COMPONENTS, SEED, TINY_VAE_DIR, TINY_VAE_REF, WORDS, prepare
+from .prepare import OTHER_COMPONENTS, SEED, TINY_VAE_DIR, TINY_VAE_REF, WORDS, export_folders, prepare
 
 Progress = Callable[[str], None]
 
@@ -132,7 +132,10 @@ def bench_sd15(settings: Any, progress: Progress) -> dict[str, Any]:
     cache = Path(settings.cache) / settings.backbone
     work = Path(settings.work)
     variants = select(settings.variants)
-    steps = prepare(cache, {v.needs for v in variants if v.needs}, settings, progress)
+    folders = export_folders([v.file for v in variants if v.file],
+                             any(v.component != "unet" and v.needs == "export" for v in variants)) \
+        if settings.variants else None
+    steps = prepare(cache, {v.needs for v in variants if v.needs}, settings, progress, folders)
     meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
     # OpenVINO graphs run as the runtime adapter runs them, with a compile cache; it starts empty, and a first
     # process per graph (timed: the first start ever) fills it before the measured one (a restart)

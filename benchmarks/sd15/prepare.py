@@ -66,11 +66,23 @@ def _export_graph(spec: Any, module: Any, example: dict[str, Any], out: Path, ru
     return exporter(runtime).export(job)
 
 
-def prepare_exports(cache: str, backbone: str = BACKBONE) -> dict[str, Any]:
-    """Step 1 (a worker ``call``): build, count, write inputs + torch references, export every graph.
+#: The UNet export folders (static shapes: batch 2 for CFG, batch 1 for a CFG-free student).
+UNET_FOLDERS = ("onnx", "openvino", "openvino-b1")
+
+
+def export_folders(files: list[str], components: bool) -> list[str]:
+    """The export folders (and ``components``: the other sd15 graphs) that graphs at ``files`` derive from."""
+    wanted = {("openvino-b1" if "-b1" in f else f.split("/")[0].split("-")[0]) for f in files}
+    return [f for f in UNET_FOLDERS if f in wanted] + (["components"] if components else [])
+
+
+def prepare_exports(cache: str, backbone: str = BACKBONE, folders: list[str] | None = None) -> dict[str, Any]:
+    """Step 1 (a worker ``call``): build, count, write inputs + torch references, export the graphs of
+    ``folders`` (``UNET_FOLDERS`` and "components"; None: all).
 
     One torch forward per graph serves both the FLOP count and the fp32 reference output.
     """
+    folders = list(folders) if folders is not None else [*UNET_FOLDERS, "components"]
     import gc
     import shutil
 
@@ -90,12 +102,12 @@ def prepare_exports(cache: str, backbone: str = BACKBONE) -> dict[str, Any]:
     meta: dict[str, Any] = {"backbone": backbone, "seed": SEED, "words": WORDS,
                             "image_size": model.config.image_size, "latent_size": model.config.latent_size,
                             "build_s": round(time.perf_counter() - t0, 1), "flops": {}, "export_s": {},
-                            "fingerprint": {}, "files": {}}
+                            "fingerprint": {}, "files": {}, "exported": folders}
     meta["params"] = {"unet": sum(p.numel() for p in model.unet.parameters()),
                       "total": sum(p.numel() for p in model.parameters())}
     inputs: dict[str, np.ndarray] = {}
     refs: dict[str, np.ndarray] = {}
-    for name in OTHER_COMPONENTS:
+    for name in (OTHER_COMPONENTS if "components" in folders else ()):
         spec = get_spec(name)
         module = spec.build(model).eval()
         ex = spec.example(model, 1, SEED)
@@ -127,6 +139,8 @@ def prepare_exports(cache: str, backbone: str = BACKBONE) -> dict[str, Any]:
     # static shapes (what every runtime plans memory for): batch 2 for CFG, batch 1 for a CFG-free student
     for folder, runtime, ex in (("onnx", "onnx", example), ("openvino", "openvino", example),
                                 ("openvino-b1", "openvino", ex1)):
+        if folder not in folders:
+            continue
         t = time.perf_counter()
         meta["files"][f"{folder}/unet"] = _export_graph(unet, module, ex, root / folder, runtime)
         meta["export_s"][f"{folder}/unet"] = round(time.perf_counter() - t, 1)
@@ -283,8 +297,19 @@ STEPS: dict[str, tuple[str, str]] = {
 }
 
 
-def prepare(cache: Path, needed: set[str], settings: Any, progress: Progress) -> dict[str, Any]:
-    """Run the preparation steps whose outputs are not in the cache yet; returns what each step reported."""
+def _exported(cache: Path) -> set[str]:
+    """The folders a complete export in ``cache`` holds (a cache from before the choice holds them all)."""
+    try:
+        meta = json.loads((cache / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(meta.get("exported", [*UNET_FOLDERS, "components"]))
+
+
+def prepare(cache: Path, needed: set[str], settings: Any, progress: Progress,
+            folders: list[str] | None = None) -> dict[str, Any]:
+    """Run the preparation steps whose outputs are not in the cache yet; returns what each step reported.
+    ``folders``: the exports the selected variants need (None: all)."""
     work = Path(settings.work)
     done: dict[str, Any] = {"cache_version": CACHE_VERSION}
     meta_path = cache / "sd15.steps.json"
@@ -297,13 +322,19 @@ def prepare(cache: Path, needed: set[str], settings: Any, progress: Progress) ->
         if step != "export" and step not in needed:
             continue
         func, marker = STEPS[step]
-        if not rebuilt and (cache / marker).exists() and (cache / "meta.json").exists() and step in done \
+        if step == "export":
+            wanted = set(folders if folders is not None else [*UNET_FOLDERS, "components"])
+            if wanted <= _exported(cache) and step in done and "error" not in done[step]:
+                continue
+        elif not rebuilt and (cache / marker).exists() and (cache / "meta.json").exists() and step in done \
                 and "error" not in done[step]:
             continue
         rebuilt = rebuilt or step == "export"
         kwargs: dict[str, Any] = {"cache": str(cache)}
         if step in ("export", "tiny_vae"):
             kwargs["backbone"] = settings.backbone
+        if step == "export" and folders is not None:
+            kwargs["folders"] = sorted(set(folders) | _exported(cache))
         if step.startswith("nncf_ptq"):
             kwargs["samples"] = settings.calibration_samples
         if step in ("nncf_ptq", "nncf_ptq_b1"):

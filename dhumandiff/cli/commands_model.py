@@ -115,11 +115,14 @@ def distill(
     method: str = typer.Option("lcm", "--method", help="lcm (1/2/4-step student), lcm-lora (the same as a LoRA "
                                                        "fused into the UNet), cascade-fold (single-pass UNet "
                                                        "that reproduces the cascade mode) or tiny-vae (a "
-                                                       "TAESD-style decoder that replaces the full VAE decoder)."),
+                                                       "TAESD-style decoder that replaces the full VAE decoder), "
+                                                       "prune-base / prune-small / prune-tiny (BK-SDM: a UNet "
+                                                       "with blocks removed, distilled from the teacher; keeps "
+                                                       "a few-step teacher's sampler)."),
     steps: int = typer.Option(1000, "--steps", help="Distillation steps."),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(None, "--lr", help="Default: 1e-4 (lcm), 1e-3 (lcm-lora, tiny-vae), 5e-5 "
-                                                "(cascade-fold)."),
+                                                "(cascade-fold), 2e-4 (prune-*)."),
     guidance: float = typer.Option(3.0, "--guidance", help="CFG scale folded into the student (lcm) or used by "
                                                           "the teacher's stage 1 (cascade-fold)."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank for lcm-lora."),
@@ -129,16 +132,21 @@ def distill(
     init_student: str = typer.Option(None, "--init-student", help="lcm / tiny-vae: continue from this earlier "
                                                                   "student (embedded name or folder) instead of "
                                                                   "the teacher's UNet / a fresh tiny VAE."),
+    feature_loss: float = typer.Option(1.0, "--feature-loss", help="prune-*: weight of the per-block feature "
+                                                                   "distillation loss (BK-SDM's feature KD)."),
     mask_records: int = typer.Option(256, "--mask-records", help="cascade-fold: records whose cascade masks "
                                                                  "are computed by the teacher."),
     max_minutes: float = typer.Option(None, "--max-minutes"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Distil a model: few-step consistency student (optionally LoRA), a folded cascade or a tiny VAE decoder."""
+    """Distil a model: few-step consistency student (optionally LoRA), a folded cascade, a tiny VAE decoder or a
+    pruned (smaller) UNet."""
+    from ..distill.block_prune import PruneConfig
     from ..distill.cascade_fold import CascadeFoldConfig
     from ..distill.consistency import ConsistencyConfig
     from ..distill.recipe import distill_model
     from ..distill.tiny_vae import TinyVaeConfig
+    from ..model.pruning import PRUNE_LEVELS
     from ..model.registry import resolve_model
 
     if method == "tiny-vae":
@@ -152,8 +160,13 @@ def distill(
                                 lr=lr or (1e-3 if method == "lcm-lora" else 1e-4), max_minutes=max_minutes,
                                 seed=seed, lora_rank=lora_rank if method == "lcm-lora" else 0,
                                 identity_loss_weight=identity_loss, init_student=init_student)
+    elif method.startswith("prune-") and method[len("prune-"):] in PRUNE_LEVELS:
+        cfg = PruneConfig(level=method[len("prune-"):], steps=steps, batch_size=batch_size, lr=lr or 2e-4,
+                          feature_loss_weight=feature_loss, identity_loss_weight=identity_loss,
+                          max_minutes=max_minutes, seed=seed)
     else:
-        raise typer.BadParameter("--method must be lcm, lcm-lora, cascade-fold or tiny-vae")
+        raise typer.BadParameter("--method must be lcm, lcm-lora, cascade-fold, tiny-vae or prune-base / "
+                                 "prune-small / prune-tiny")
     with progress_bar("distilling") as update:
         report = distill_model(resolve_model(teacher), data, out, cfg,
                                progress=lambda i, n, m: update(i, n, f"loss={m['loss']:.4f}"))

@@ -1,8 +1,9 @@
 """``dhumandiff distill``: from a trained model folder to a student model folder.
 
 Methods: ``lcm`` (few-step consistency student; ``lora_rank > 0`` trains it as a LoRA fused at the end),
-``cascade-fold`` (a single-pass UNet that reproduces the cascade mode) and ``tiny-vae`` (a TAESD-style decoder
-that stands in for the full VAE decoder).
+``cascade-fold`` (a single-pass UNet that reproduces the cascade mode), ``tiny-vae`` (a TAESD-style decoder
+that stands in for the full VAE decoder) and ``prune-base|small|tiny`` (a BK-SDM-style structurally smaller UNet
+distilled from the teacher; from a few-step student it stays a few-step student).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from ..model.dhumandiff_model import DHumanDiff
 from ..model.faces import get_face_analyzer
 from ..training.tensors import encode_latents, load_training_tensors
 from ..utils.atomic import write_text_atomic
+from .block_prune import PruneConfig, PruneDistiller
 from .cascade_fold import CascadeFoldConfig, CascadeFolder
 from .consistency import ConsistencyConfig, ConsistencyDistiller
 from .tiny_vae import TinyVaeConfig, TinyVaeDistiller, face_weight_maps
 
 
 def distill_model(teacher_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                  config: ConsistencyConfig | CascadeFoldConfig | TinyVaeConfig,
+                  config: ConsistencyConfig | CascadeFoldConfig | TinyVaeConfig | PruneConfig,
                   progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Distil ``teacher_dir`` on ``data_dir`` (the method follows the config's type); writes ``out_dir``."""
     teacher = DHumanDiff.from_pretrained(teacher_dir)
@@ -40,6 +42,11 @@ def distill_model(teacher_dir: str | Path, data_dir: str | Path, out_dir: str | 
         report = folder.train(progress)
         folder.student_model().save_pretrained(out_dir)
         report["method"] = "cascade-fold"
+    elif isinstance(config, PruneConfig):
+        pruner = PruneDistiller(teacher, data, config)
+        report = pruner.train(progress)
+        pruner.student_model().save_pretrained(out_dir)
+        report["method"] = f"prune-{config.level}"
     else:
         distiller = ConsistencyDistiller(teacher, data, config)
         report = distiller.train(progress)

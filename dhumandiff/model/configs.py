@@ -276,7 +276,20 @@ BACKBONES = tuple(_BUILDERS)
 
 
 def get_backbone_config(name: str) -> BackboneConfig:
-    """Return a fresh copy of the named backbone's config."""
+    """Return a fresh copy of the named backbone's config.
+
+    ``NAME-prune-LEVEL`` (e.g. ``sd15-prune-small``) is backbone NAME with its UNet cut as BK-SDM's LEVEL
+    (``pruning.py``): the architecture of a pruned student, for benchmarks and tests with random weights.
+    """
+    base, cut, level = name.partition("-prune-")
+    if cut and base in _BUILDERS:
+        from .pruning import pruned_unet_config
+
+        cfg = copy.deepcopy(_BUILDERS[base]())
+        cfg.unet = pruned_unet_config(cfg.unet, level)
+        cfg.name = name
+        return cfg
     if name not in _BUILDERS:
-        raise DHumanDiffError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+        raise DHumanDiffError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)} (or "
+                              f"NAME-prune-base|small|tiny for a pruned UNet)")
     return copy.deepcopy(_BUILDERS[name]())
