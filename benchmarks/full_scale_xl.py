@@ -148,6 +148,21 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _pss(pid: int) -> dict[str, int]:
+    """Proportional set size (``/proc/PID/smaps_rollup``): a page shared by N processes counts 1/N in each, so the
+    sum over a process tree is the memory the tree holds. A parent and the child it spawns both map the model's
+    safetensors; summing their VmRSS counts those file pages twice."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for key in ("Pss", "Pss_Anon", "Pss_File"):
+        m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+        out[key] = int(m.group(1)) * 1024 if m else 0
+    return out
+
+
 def _children(pid: int) -> list[int]:
     """All descendants of ``pid`` (from /proc/PID/task/*/children)."""
     out, todo = [], [pid]
@@ -182,7 +197,7 @@ def measure(argv: list[str], log: Path, outputs: list[Path], disk_root: Path, gu
     """Run ``argv`` under ``/usr/bin/time -v`` and poll its process tree every 0.5 s."""
     timefile = log.with_suffix(".time")
     cmd = (["/usr/bin/time", "-v", "-o", str(timefile)] if Path("/usr/bin/time").exists() else []) + argv
-    peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
+    peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "Pss": 0, "Pss_Anon": 0, "Pss_File": 0}
     min_avail, max_load, free0 = _mem_available(), os.getloadavg()[0], shutil.disk_usage(disk_root).free
     min_free = free0
     load0 = os.getloadavg()
@@ -192,7 +207,7 @@ def measure(argv: list[str], log: Path, outputs: list[Path], disk_root: Path, gu
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         while proc.poll() is None:
             pids = [proc.pid, *_children(proc.pid)]
-            stats = [_status(p) for p in pids]
+            stats = [{**_status(p), **_pss(p)} for p in pids]
             for key in peak:
                 peak[key] = max(peak[key], sum(s.get(key, 0) for s in stats))
             avail = _mem_available()
@@ -210,6 +225,8 @@ def measure(argv: list[str], log: Path, outputs: list[Path], disk_root: Path, gu
     rec = {"command": " ".join(argv), "rc": proc.returncode, "wall_s": round(wall, 1),
            "peak_rss_tree_gib": round(peak["VmRSS"] / GIB, 2), "peak_rss_anon_tree_gib": round(peak["RssAnon"] / GIB, 2),
            "peak_rss_file_tree_gib": round(peak["RssFile"] / GIB, 2),
+           "peak_pss_tree_gib": round(peak["Pss"] / GIB, 2), "peak_pss_anon_tree_gib": round(peak["Pss_Anon"] / GIB, 2),
+           "peak_pss_file_tree_gib": round(peak["Pss_File"] / GIB, 2),
            "min_mem_available_gib": round(min_avail / GIB, 2), "load_avg_start": [round(x, 2) for x in load0],
            "load_avg_max_1min": round(max_load, 2), "load_avg_end": [round(x, 2) for x in os.getloadavg()],
            "output_disk_gib": round(sum(du(p) for p in outputs) / GIB, 2),
@@ -250,11 +267,14 @@ def write_report(report: dict, results: Path) -> None:
              f"CPU: {m['cpu']}, {m['cores']} cores, {m['mem_total_gib']} GiB RAM; flags: {flags}.",
              f"Release dtype: {report['release_dtype']}; image steps: {report['steps']}; command: "
              f"`{report['command']}`", "",
-             "| step | rc | wall s | peak RSS tree GiB (anon / file) | /usr/bin/time max RSS GiB | min MemAvailable GiB "
+             "| step | rc | wall s | peak PSS tree GiB (anon / file) | peak RSS tree sum GiB (anon / file) "
+             "| /usr/bin/time max RSS GiB | min MemAvailable GiB "
              "| output disk GiB | extra disk during step GiB | load avg start -> max | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["steps_run"].items():
-        lines.append(f"| {name} | {r['rc']} | {r['wall_s']} | {r['peak_rss_tree_gib']} ({r['peak_rss_anon_tree_gib']} / "
+        pss = (f"{r['peak_pss_tree_gib']} ({r['peak_pss_anon_tree_gib']} / {r['peak_pss_file_tree_gib']})"
+               if "peak_pss_tree_gib" in r else "-")
+        lines.append(f"| {name} | {r['rc']} | {r['wall_s']} | {pss} | {r['peak_rss_tree_gib']} ({r['peak_rss_anon_tree_gib']} / "
                      f"{r['peak_rss_file_tree_gib']}) | {r.get('time_v_max_rss_gib', '-')} | "
                      f"{r['min_mem_available_gib']} | {r['output_disk_gib']} | {r['peak_extra_disk_gib']} | "
                      f"{r['load_avg_start'][0]} -> {r['load_avg_max_1min']} | {'; '.join(x for x in (r.get('stopped'), r.get('note')) if x)} |")
@@ -273,12 +293,29 @@ def write_report(report: dict, results: Path) -> None:
     (results / "full_scale_xl.md").write_text("\n".join(lines) + "\n")
 
 
+def size_variant(model: Path, variant: Path, size: int) -> Path:
+    """``model`` at another image size: links to its component folders and a ``dhumandiff.json`` with
+    ``image_size`` = ``size`` (exports take their static shapes from it)."""
+    variant.mkdir(parents=True, exist_ok=True)
+    for entry in model.iterdir():
+        link = variant / entry.name
+        if entry.name != "dhumandiff.json" and not link.exists():
+            link.symlink_to(entry.resolve())
+    config = json.loads((model / "dhumandiff.json").read_text())
+    config["image_size"] = size
+    (variant / "dhumandiff.json").write_text(json.dumps(config, indent=2))
+    return variant
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fullscale"))
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--steps", type=int, default=2, help="sampling steps of the image (CFG: batch 2)")
+    ap.add_argument("--sizes", default="512", help="image sizes, comma-separated: 512 (the official default: every "
+                    "step) and e.g. 1024 (adds export-openvino-1024 and generate-openvino-1024: the model at that size "
+                    "as an OpenVINO int8-weights bundle, and one image through it)")
     ap.add_argument("--release-dtype", choices=("fp32", "fp16"), default="fp32")
     ap.add_argument("--only", default=",".join(STEPS), help="comma-separated steps to run")
     ap.add_argument("--resume", action="store_true", help="keep the figures of steps already in the JSON")
@@ -309,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                    "release_dtype": args.release_dtype, "steps": args.steps,
                    "command": "python benchmarks/full_scale_xl.py " + " ".join(sys.argv[1:] if argv is None else argv)})
     report.setdefault("steps_run", {})
-    wanted = [s for s in args.only.split(",") if s]
-    unknown = [s for s in wanted if s not in STEPS]
+    sizes = [int(x) for x in args.sizes.split(",") if x and int(x) != 512]
+    steps = list(STEPS) + [f"{step}-openvino-{size}" for size in sizes for step in ("export", "generate")]
+    wanted = [s for s in args.only.split(",") if s] if args.only != ",".join(STEPS) else steps
+    unknown = [s for s in wanted if s not in steps]
     if unknown:
-        ap.error(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
+        ap.error(f"unknown step(s) {unknown}; choose from {', '.join(steps)}")
     cli = [sys.executable, "-m", "dhumandiff.cli.main"]
     env_note = {}
     # the face pack and the two photos (the tests' real photos: scikit-image's astronaut, the insightface group)
@@ -346,9 +385,21 @@ def main(argv: list[str] | None = None) -> int:
         kw = {"bundle": str(b), "faces": [str(f) for f in faces], "out": str(out), "steps": args.steps, "size": None}
         plan[f"generate-{rt}"] = ([sys.executable, str(Path(__file__).resolve()), "--child", "generate",
                                    "--child-args", json.dumps(kw)], [out])
-    for name in STEPS:
+    for size in sizes:  # the same weights at another size: a model folder of links and its own dhumandiff.json
+        variant, bundle = work / f"dhumandiff-xl-{size}", work / f"xl-ov-int8w-{size}"
+        plan[f"export-openvino-{size}"] = ([*cli, "export", "openvino", str(variant), "--face-models", str(pack),
+                                            "--quantize", "int8-weights", "--out", str(bundle), "--overwrite"],
+                                           [bundle])
+        out = work / f"image-openvino-{size}.png"
+        kw = {"bundle": str(bundle), "faces": [str(f) for f in faces], "out": str(out), "steps": args.steps,
+              "size": size}
+        plan[f"generate-openvino-{size}"] = ([sys.executable, str(Path(__file__).resolve()), "--child", "generate",
+                                              "--child-args", json.dumps(kw)], [out])
+    for name in steps:
         if name not in wanted:
             continue
+        if name.startswith("export-openvino-") and (model / "dhumandiff.json").is_file():
+            size_variant(model, work / f"dhumandiff-xl-{name.rsplit('-', 1)[1]}", int(name.rsplit("-", 1)[1]))
         argv_step, outputs = plan[name]
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv_step)[:200]}", flush=True)
         rec = measure(argv_step, work / f"{name}.log", outputs, work, args.guard_mib * 1024 ** 2, args.timeout)

@@ -17,6 +17,7 @@ the tokenizer and the manifest around them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from dataclasses import dataclass
@@ -28,13 +29,13 @@ import torch
 from ..errors import DHumanDiffError, ParityError
 from ..model.dhumandiff_model import DHumanDiff
 from ..utils.atomic import atomic_dir, sha256_file
-from . import manifest as manifest_io
+from . import isolate, manifest as manifest_io
 from ..contract.bundle import MANIFEST_NAME, REQUIRED_COMPONENTS, component_digests
 from ..contract.registry import RUNTIMES
 from .artifacts import ExportedComponent, GraphJob, tensor_entry
 from .graph_cache import export_cached
 from .reference import torch_outputs  # re-exported: checks.parity reads it from here
-from .specs import PRECISIONS, ComponentSpec, components_for, unet_batch
+from .specs import PRECISIONS, SPECS, ComponentSpec, components_for, unet_batch
 from .validate import compare_outputs, worst
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class ExportOptions:
     dynamic: bool = False
     validate: bool = True
     seed: int = 0
+    #: The embedded name or folder the model was loaded from: lets a large graph be exported in a child process
+    #: that reloads it (``isolate.py``); None keeps every graph in this process.
+    source: str | None = None
 
 
 def exporter(runtime: str):
@@ -64,10 +68,11 @@ def exporter(runtime: str):
     return importlib.import_module(EXPORTERS[runtime])
 
 
-def _validate(spec: ComponentSpec, backend: Any, out_dir: Path, files: list[str], example: Mapping[str, Any],
-              reference: Mapping[str, Any], precision: str, options: ExportOptions) -> dict[str, Any]:
+def _validate(spec: ComponentSpec, run: Callable[..., Any], out_dir: Path, files: list[str],
+              example: Mapping[str, Any], reference: Mapping[str, Any], precision: str,
+              options: ExportOptions) -> dict[str, Any]:
     """Run the written graph on the spec's example inputs against torch fp32; ParityError outside tolerance."""
-    got = backend.run(out_dir, files, {n: example[n].numpy() for n in example}, spec.outputs)
+    got = run(out_dir, files, {n: example[n].numpy() for n in example}, spec.outputs)
     per_output = compare_outputs(reference, got)
     tol = spec.tolerance(precision)
     summary = worst(per_output)
@@ -78,34 +83,55 @@ def _validate(spec: ComponentSpec, backend: Any, out_dir: Path, files: list[str]
     return {**summary.to_dict(), "tolerance": tol.to_dict()}
 
 
-@torch.no_grad()
-def export_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, options: ExportOptions,
-                     ) -> ExportedComponent:
-    """Export one component into ``out_dir`` and (unless disabled) prove it against torch fp32."""
+def graph_job(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, options: ExportOptions) -> GraphJob:
+    """What the runtime's exporter writes for ``spec``: the wrapper, its seeded example inputs, axes, precision
+    (built the same way here and in a child process that reloads the model, ``isolate.py``)."""
     module = spec.build(model).eval()
     names = spec.input_names(model)
     example = spec.example(model, unet_batch(model), options.seed)
-    reference = torch_outputs(spec, module, example)
-    axes = spec.axes(model, options.dynamic)
-    precision = spec.graph_precision(options.precision)
-    job = GraphJob(spec.name, module, names, spec.outputs, example, axes, out_dir, precision,
-                   spec.fp16_op_block_list)
+    return GraphJob(spec.name, module, names, spec.outputs, example, spec.axes(model, options.dynamic), out_dir,
+                    spec.graph_precision(options.precision), spec.fp16_op_block_list)
+
+
+def _in_child(spec: ComponentSpec, job: GraphJob, options: ExportOptions) -> bool:
+    """Export and check this graph in a child process (large graphs of a model that can be reloaded, validated)."""
+    registry = spec.name in SPECS and SPECS[spec.name].build is spec.build
+    return isolate.wanted(isolate.weight_bytes(job.module),
+                          can=options.source is not None and options.validate and registry)
+
+
+@torch.no_grad()
+def export_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, options: ExportOptions,
+                     ) -> ExportedComponent:
+    """Export one component into ``out_dir`` and (unless disabled) prove it against torch fp32.
+
+    A large graph (``isolate.py``) is written and run in child processes, and checked here against this
+    process's torch reference."""
+    job = graph_job(spec, model, out_dir, options)
+    names, example, axes, precision = job.input_names, job.example, job.dynamic_axes, job.precision
+    reference = torch_outputs(spec, job.module, example)
     backend = exporter(options.runtime)
+    export, run = backend.export, backend.run
+    if _in_child(spec, job, options):
+        tm = getattr(model, "token_merging", None)
+        recipe = isolate.GraphRecipe(str(options.source), tm.to_dict() if tm is not None else None, spec.name,
+                                     options.runtime, options.precision, options.dynamic, options.seed, str(out_dir))
+        export = functools.partial(_export_in_child, recipe)
+        run = functools.partial(_run_in_child, options.runtime)
     t0 = time.perf_counter()
     # a cached graph is only used when this export validates it (an unchecked cache entry is never trusted)
-    files, cached = export_cached(options.runtime, job, backend.export) if options.validate else (
-        backend.export(job), False)
+    files, cached = export_cached(options.runtime, job, export) if options.validate else (export(job), False)
     seconds = time.perf_counter() - t0
     validation = None
     if options.validate:
         try:
-            validation = _validate(spec, backend, out_dir, files, example, reference, precision, options)
+            validation = _validate(spec, run, out_dir, files, example, reference, precision, options)
         except Exception:
             if not cached:
                 raise
             # a cached graph that fails its check is never used: convert afresh (and replace the entry)
-            files, _ = export_cached(options.runtime, job, backend.export, refresh=True)
-            validation = _validate(spec, backend, out_dir, files, example, reference, precision, options)
+            files, _ = export_cached(options.runtime, job, export, refresh=True)
+            validation = _validate(spec, run, out_dir, files, example, reference, precision, options)
         validation["export_seconds"] = round(seconds, 2)
         validation["from_cache"] = cached
     return ExportedComponent(
@@ -113,6 +139,16 @@ def export_component(spec: ComponentSpec, model: DHumanDiff, out_dir: Path, opti
         inputs={n: tensor_entry(example[n], axes.get(n)) for n in names},
         outputs={n: tensor_entry(reference[n], axes.get(n)) for n in spec.outputs},
         precision=precision, validation=validation, sha256=component_digests(out_dir, files))
+
+
+def _export_in_child(recipe: "isolate.GraphRecipe", job: GraphJob) -> list[str]:
+    return isolate.call(isolate.export_graph, recipe, what=f"exporting {job.name}")
+
+
+def _run_in_child(runtime: str, root: Path, files: list[str], inputs: Mapping[str, Any],
+                  outputs: tuple[str, ...]) -> dict[str, Any]:
+    return isolate.call(isolate.run_graph, runtime, str(root), files, dict(inputs), tuple(outputs),
+                        what=f"running {files[0]}")
 
 
 def _coreml_components(model: DHumanDiff, specs: Sequence[ComponentSpec], out_dir: Path, options: ExportOptions,
@@ -170,7 +206,7 @@ def export_bundle(model: DHumanDiff, out_dir: str | Path, runtime: str, precisio
     if dynamic and getattr(model, "token_merging", None) is not None:
         raise DHumanDiffError("token merging is exported with static shapes: leave out --dynamic")
     out_dir = Path(out_dir)
-    options = ExportOptions(runtime, precision, dynamic, validate, seed)
+    options = ExportOptions(runtime, precision, dynamic, validate, seed, source_model)
     specs = list(specs) if specs is not None else components_for(model)
     missing = [name for name in REQUIRED_COMPONENTS if name not in {s.name for s in specs}]
     if face_models is not None and model.identity_encoder is not None:

@@ -8,6 +8,11 @@ Graphs whose weights pass 2 GB (an sd15/xl UNet, the xl text encoder 2) store th
 fp16 is a graph conversion of the fp32 export (onnxruntime's ``convert_float_to_float16``) with
 ``keep_io_types``: a bundle's interface stays float32 whatever its compute precision, and normalisation ops stay
 fp32 (``op_block_list``). The VAE decoder is never converted (its spec keeps it fp32).
+
+A graph over 2 GB comes out of ``torch.onnx.export`` with its weights in files beside it; it is converted and saved
+without ever loading them (:func:`_stream_weights`): the converter works on the weight-free graph, then each weight
+is read, cast to fp16 where the converter made its tensor fp16, and appended to ``{name}.onnx.data``, one at a time.
+Loading the SDXL UNet's 10 GB of fp32 weights into one protobuf to convert it in memory needed ~16 GB more.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ def _fp16_block_list(job: GraphJob) -> list[str]:
 def export(job: GraphJob) -> list[str]:
     """Write ``{name}.onnx`` (+ ``{name}.onnx.data`` when large) into ``job.out_dir``; returns the files."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
+    if job.precision not in ("fp32", "fp16"):
+        raise ValueError(f"the ONNX exporter writes fp32 or fp16 graphs, not {job.precision!r}")
     scratch = job.out_dir / f".{job.name}.onnx-scratch"
     scratch.mkdir(parents=True, exist_ok=False)
     try:
@@ -52,28 +60,105 @@ def export(job: GraphJob) -> list[str]:
             torch.onnx.export(job.module, job.args, str(raw), input_names=list(job.input_names),
                               output_names=list(job.output_names), dynamic_axes=dict(job.dynamic_axes) or None,
                               opset_version=OPSET, do_constant_folding=True, export_params=True, dynamo=False)
-        if job.precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            from onnxruntime.transformers.onnx_model import OnnxModel
-
-            # Given a path, the converter runs shape inference with infer_shapes_path, which handles > 2 GB.
-            model = convert_float_to_float16(str(raw), keep_io_types=True, op_block_list=_fp16_block_list(job))
-            # The converter appends its input casts after their consumers; onnx's checker (rightly) wants
-            # topological order, which onnxruntime would not enforce but other consumers may.
-            sorted_model = OnnxModel(model)
-            sorted_model.topological_sort()
-            model = sorted_model.model
-        elif job.precision == "fp32":
-            model = onnx.load(str(raw))
+        graph = onnx.load(str(raw), load_external_data=False)
+        if any(uses_external_data(t) for t in graph.graph.initializer):  # > 2 GB: weights in files beside it
+            files = _stream_weights(graph, scratch, job)
         else:
-            raise ValueError(f"the ONNX exporter writes fp32 or fp16 graphs, not {job.precision!r}")
-        files = save(model, job.out_dir, job.name)
-        del model
+            del graph
+            if job.precision == "fp16":
+                # Given a path, the converter runs shape inference with infer_shapes_path.
+                model = _to_fp16(str(raw), job)
+            else:
+                model = onnx.load(str(raw))
+            files = save(model, job.out_dir, job.name)
+            del model
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     onnx.checker.check_model(str(job.out_dir / files[0]), full_check=True)
     return files
+
+
+def _to_fp16(model, job: GraphJob):
+    """fp16 conversion (a path or a ModelProto), io kept float32, normalisations kept fp32, nodes sorted.
+
+    A ModelProto may be weight-free (its tensors external, not loaded): the converter then only retypes them. It
+    reads each converted initializer's data just to learn its shape (``make_value_info_from_tensor``), which for
+    an unloaded tensor would read the file from the working folder; its dims say the same without reading."""
+    from onnx import helper
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    def value_info(tensor):
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    original = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = value_info
+    try:
+        model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=_fp16_block_list(job))
+    finally:
+        float16.make_value_info_from_tensor = original
+    # The converter appends its input casts after their consumers; onnx's checker (rightly) wants
+    # topological order, which onnxruntime would not enforce but other consumers may.
+    sorted_model = OnnxModel(model)
+    sorted_model.topological_sort()
+    return sorted_model.model
+
+
+def _stream_weights(graph, src: Path, job: GraphJob, threshold: int = EXTERNAL_DATA_THRESHOLD,
+                    inline_below: int = 1024) -> list[str]:
+    """Convert (fp16) and save a graph whose weights sit in external files under ``src``, one weight in memory at
+    a time; the same files as :func:`save` gives (one ``.onnx.data`` above ``threshold`` bytes, tensors under
+    ``inline_below`` bytes inside the graph; a single ``.onnx`` when everything fits under ``threshold``)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    def external(model):
+        tensors = [t for t in model.graph.initializer if uses_external_data(t)]
+        for node in model.graph.node:  # Constant nodes' tensors (torch keeps them inline, but be thorough)
+            tensors += [a.t for a in node.attribute if a.HasField("t") and uses_external_data(a.t)]
+        return tensors
+
+    was = {t.name: t.data_type for t in external(graph)}
+    if job.precision == "fp16":
+        graph = _to_fp16(graph, job)  # the weight-free graph: tensors change type, their data is still fp32
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    def nbytes(t) -> int:
+        return int(np.prod(t.dims, dtype=np.int64)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+    tensors = external(graph)
+    one_file = sum(nbytes(t) for t in tensors) <= threshold
+    path = job.out_dir / f"{job.name}.onnx"
+    location = f"{job.name}.onnx.data"
+    sink = None if one_file else open(job.out_dir / location, "wb")
+    try:
+        for t in tensors:
+            info = ExternalDataInfo(t)
+            with open(src / info.location, "rb") as fh:
+                fh.seek(info.offset or 0)
+                data = fh.read(info.length) if info.length is not None else fh.read()
+            before = was.get(t.name, t.data_type)
+            if before != t.data_type:
+                if (before, t.data_type) != (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+                    raise RuntimeError(f"{job.name}: tensor {t.name} changed type {before} -> {t.data_type}")
+                data = convert_np_to_float16(np.frombuffer(data, dtype=np.float32)).tobytes()
+            if len(data) != nbytes(t):
+                raise RuntimeError(f"{job.name}: tensor {t.name} holds {len(data)} bytes, its shape needs {nbytes(t)}")
+            del t.external_data[:]
+            if sink is None or len(data) < inline_below:
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = data
+                continue
+            offset = sink.tell()
+            sink.write(data)
+            for key, value in (("location", location), ("offset", offset), ("length", len(data))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, str(value)
+    finally:
+        if sink is not None:
+            sink.close()
+    onnx.save_model(graph, str(path))
+    return [path.name] if one_file else [path.name, location]
 
 
 def save(model, out_dir: Path, name: str, threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[str]:

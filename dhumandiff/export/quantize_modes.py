@@ -23,6 +23,8 @@ mlpackage exactly like a float one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from ..errors import DHumanDiffError, ParityError
 from ..model.dhumandiff_model import DHumanDiff
 from ..contract.bundle import component_digests
 from ..utils.cpu import cpu_features
+from . import isolate
 from .artifacts import ExportedComponent
 from .quantize_table import DEFAULT_COMPONENTS, MODES, QuantMode, get_mode, modes_for  # noqa: F401 (the registry)
 from .reference import torch_outputs
@@ -118,6 +121,15 @@ class QuantJob:
     def layer_modules(self) -> dict[str, torch.nn.Module]:
         """Excluded layers as wrapper-relative path -> module (how each exporter finds them in its graph)."""
         return {self.layer_paths[n]: self.module.get_submodule(self.layer_paths[n]) for n in self.excluded_layers}
+
+    def excluded_paths(self) -> list[str]:
+        """The excluded layers' wrapper-relative paths (for quantisers that find layers by name, no module needed)."""
+        return [self.layer_paths[n] for n in self.excluded_layers]
+
+    def without_module(self) -> "QuantJob":
+        """This job for a child process (``isolate.py``): no module, no cache (a backend that declares
+        ``NEEDS_MODULE = False`` works from the files and names alone)."""
+        return dataclasses.replace(self, module=None, cache={})  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------- resolving
@@ -214,6 +226,31 @@ def _backend(runtime: str):
     return importlib.import_module(f"dhumandiff.export.quantize_{runtime}")
 
 
+def _quantize_in_child(runtime: str, job: QuantJob) -> list[str]:
+    files, info = isolate.call(_child_quantize, runtime, job.without_module(), what=f"quantising {job.name}")
+    job.info.update(info)
+    return files
+
+
+def _child_quantize(runtime: str, job: QuantJob) -> tuple[list[str], dict[str, Any]]:
+    """(In the child.) The backend's ``quantize``; returns the files and what it recorded in ``job.info``."""
+    files = _backend(runtime).quantize(job)
+    return files, job.info
+
+
+def _run_in_child(runtime: str, job: QuantJob, files: list[str], example: Mapping[str, torch.Tensor],
+                  output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    arrays = {n: t.numpy() for n, t in example.items()}
+    return isolate.call(_child_run, runtime, job.without_module(), files, arrays, tuple(output_names),
+                        what=f"running the quantised {job.name}")
+
+
+def _child_run(runtime: str, job: QuantJob, files: list[str], arrays: Mapping[str, np.ndarray],
+               output_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    example = {n: torch.from_numpy(a) for n, a in arrays.items()}
+    return _backend(runtime).run(job, files, example, output_names)
+
+
 def _bytes(root: Path, files: Sequence[str]) -> int:
     total = 0
     for rel in files:
@@ -274,7 +311,13 @@ def apply_quantization(model: DHumanDiff, root: Path, runtime: str, components: 
             job.layer_paths.update(wrapper_paths(model, module, list(recipe["bits"])))
         tol_example = RANDOM_INPUT_TOLERANCE if mode.quantizes_activations(comp.name) else tol
         before = _bytes(root, job.files)
-        files = backend.quantize(job)
+        # a large graph is quantised and run in child processes (isolate.py): their memory goes back at exit
+        child = isolate.wanted(isolate.weight_bytes(module), can=not getattr(backend, "NEEDS_MODULE", True))
+        quantize, run = backend.quantize, backend.run
+        if child:
+            quantize = functools.partial(_quantize_in_child, runtime)
+            run = functools.partial(_run_in_child, runtime)
+        files = quantize(job)
         checks = {"example": (example, tol_example)}
         if samples:
             for k, sample in enumerate(calib.samples(comp.name, limit=CHECK_SAMPLES)):  # type: ignore[union-attr]
@@ -282,7 +325,7 @@ def apply_quantization(model: DHumanDiff, root: Path, runtime: str, components: 
         measured = {}
         for label, (inputs, gate) in checks.items():
             summary = worst(compare_outputs(torch_outputs(spec, module, inputs),
-                                            backend.run(job, files, inputs, spec.outputs)))
+                                            run(job, files, inputs, spec.outputs)))
             failures = summary.failures(gate)
             if failures:
                 raise ParityError(f"{comp.name} quantised ({runtime} {mode.name}) misses the quantised-graph gate on "

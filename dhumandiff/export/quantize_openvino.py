@@ -35,6 +35,9 @@ from . import openvino_export
 from .quantize_modes import QuantJob
 
 WEIGHTED_OPS = ("Convolution", "MatMul", "GroupConvolution")
+#: ``quantize`` and ``run`` work from the IR files and layer names alone: a large graph's can run in a child process
+#: (``isolate.py``).
+NEEDS_MODULE = False
 LOW_BIT_TYPES = ("u8", "i8", "u4", "i4", "nf4")
 
 
@@ -103,7 +106,7 @@ def quantize(job: QuantJob) -> list[str]:
 
     xml = job.root / job.files[0]
     model = ov.Core().read_model(str(xml))
-    by_layer = layer_ops(model, list(job.layer_modules()))
+    by_layer = layer_ops(model, job.excluded_paths())
     missing = [p for p, ops in by_layer.items() if not ops]
     if missing:
         raise DHumanDiffError(f"{job.name}: layer(s) {missing[:3]} to keep float were not found in the IR")
