@@ -20,13 +20,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dhumandiff.bench.measure import time_calls  # noqa: E402
 from dhumandiff.checks.evaluate import EvalSetting, evaluate  # noqa: E402
 from dhumandiff.export.bundle import export_bundle  # noqa: E402
 from dhumandiff.export.specs import get_spec  # noqa: E402
@@ -63,14 +63,7 @@ def torch_step(model, calls: int = 50) -> float:
     spec = get_spec("unet", model)
     unet = spec.build(model).eval()
     inputs = spec.example(model, batch=1)
-    for _ in range(5):
-        unet(*inputs.values())
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        unet(*inputs.values())
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return time_calls(lambda: unet(*inputs.values()), warmup=5, repeats=calls)[0].median_ms
 
 
 def sd15(levels: list[str], cache: Path | None, work: Path, repeats: int) -> dict[str, dict[str, dict]]:
@@ -98,6 +91,7 @@ def main() -> None:
     ap.add_argument("--sd15-levels", default="small,tiny")
     ap.add_argument("--sd15-repeats", type=int, default=5)
     ap.add_argument("--cache", type=Path, help="sd15 exports (default: the sd15 harness's cache)")
+    ap.add_argument("--eval-out", type=Path, help="keep the eval report and contact sheets here")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: identity,tiny,sd15")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
@@ -106,7 +100,8 @@ def main() -> None:
     models = {"full": load_model(args.teacher).eval(), "pruned": load_model(args.student).eval()}
     params = {k: sum(p.numel() for p in m.unet.parameters()) for k, m in models.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        ident = {} if "identity" in skip else identity(args.data, models, args.limit, Path(tmp) / "eval")
+        ident = {} if "identity" in skip else identity(args.data, models, args.limit,
+                                                         args.eval_out or Path(tmp) / "eval")
         steps: dict[str, dict[str, float]] = {}
         if "tiny" not in skip:
             for k, m in models.items():
@@ -114,15 +109,18 @@ def main() -> None:
                 steps[k]["torch"] = torch_step(m)
         big = {} if "sd15" in skip else sd15([x for x in args.sd15_levels.split(",") if x], args.cache,
                                               Path(tmp) / "sd15", args.sd15_repeats)
-    print("\n| tiny | UNet params | identity similarity (world-b, 4 steps) | vs full | swap rate | "
-          "step ms onnx | openvino | torch | speed-up onnx / openvino / torch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| tiny | UNet params | identity similarity (world-b, 4 steps) | vs full | swap rate | attributes | "
+          "setting | clothes | FID-style | step ms onnx | openvino | torch | speed-up onnx / openvino / torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for k in models:
         row, s = ident.get(k, {}), steps.get(k, {})
         sim, base = row.get("identity_similarity", float("nan")), ident.get("full", {}).get("identity_similarity",
                                                                                             float("nan"))
         ups = " / ".join(f"{steps['full'][rt] / s[rt]:.2f}x" for rt in ("onnx", "openvino", "torch")) if s else "-"
-        print(f"| {k} | {params[k] / 1e6:.2f} M | {sim:.3f} | {sim / base:.1%} | {row.get('swap_rate', float('nan')):.3f} "
+        quality = " | ".join(f"{row.get(c, float('nan')):.3f}" for c in ("swap_rate", "attribute_accuracy",
+                                                                         "setting_accuracy", "clothes_accuracy",
+                                                                         "fid_style"))
+        print(f"| {k} | {params[k] / 1e6:.2f} M | {sim:.3f} | {sim / base:.1%} | {quality} "
               f"| {s.get('onnx', float('nan')):.2f} | {s.get('openvino', float('nan')):.2f} | "
               f"{s.get('torch', float('nan')):.2f} | {ups} |")
     if big:

@@ -155,8 +155,17 @@ def test_dynamic_unet_runs_other_batch_and_size(tiny, tmp_path, runtime):
 
 @pytest.fixture(scope="module")
 def openvino_bundles(tiny: DHumanDiff, tmp_path_factory) -> dict[str, Path]:
+    """Each precision's bundle, exported on first use (the fp16 one only under ``-m slow``: ~30 s)."""
     root = tmp_path_factory.mktemp("openvino")
-    return {p: export_bundle(tiny, root / p, "openvino", p, source_model="tiny") for p in ("fp32", "fp16")}
+    made: dict[str, Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, p: str) -> Path:
+            made[p] = export_bundle(tiny, root / p, "openvino", p, source_model="tiny")
+            self[p] = made[p]
+            return made[p]
+
+    return Lazy()
 
 
 def _ov_run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,6 +191,7 @@ def test_openvino_fp32_every_component_within_1e_4(tiny, openvino_bundles):
     assert max(errors.values()) <= 1e-4, errors
 
 
+@pytest.mark.slow
 def test_openvino_fp16_ir_weights_and_cosine(tiny, openvino_bundles):
     bundle32, bundle16 = openvino_bundles["fp32"], openvino_bundles["fp16"]
     for name, ex in examples(tiny).items():

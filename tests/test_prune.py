@@ -33,8 +33,10 @@ def test_sd15_cuts_follow_bk_sdm():
     assert tiny["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
     # BK-SDM's parameter counts (UNet without the identity processors): base 0.58 B, small 0.49 B, tiny 0.33 B
     # against SD1.5's 0.86 B; the same cuts here give the same sizes within a few percent
-    counts = {k: sum(p.numel() for p in UNet2DConditionModel(**c).parameters()) / 1e9
-              for k, c in (("base", base), ("small", small), ("tiny", tiny))}
+    counts = {}
+    for k, c in (("base", base), ("small", small), ("tiny", tiny)):
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            counts[k] = sum(p.numel() for p in UNet2DConditionModel(**c).parameters()) / 1e9
     assert abs(counts["base"] - 0.58) < 0.03 and abs(counts["small"] - 0.49) < 0.03
     assert abs(counts["tiny"] - 0.33) < 0.03
 
@@ -136,6 +138,12 @@ def test_prune_distillation_trains_saves_and_samples(tmp_path):
     assert loaded.unet.mid_block is None and len(loaded.unet.down_blocks) == 2
     for k, v in d.model.ip_state_dict().items():
         assert torch.equal(v, loaded.ip_state_dict()[k]), "the student's identity K/V are saved with it"
+    # a second run continues from this student (--init-student), and refuses another cut's student
+    d2 = PruneDistiller(teacher, data, PruneConfig(level="tiny", steps=1, batch_size=2, init_student=str(path)))
+    saved = loaded.unet.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in d2.model.unet.state_dict().items())
+    with pytest.raises(DHumanDiffError, match="not a prune-small student"):
+        PruneDistiller(teacher, data, PruneConfig(level="small", steps=1, batch_size=2, init_student=str(path)))
     ids, pos = person_positions(loaded.tokenizer.backend_tokenizer, "a man and a woman on the beach")
     rng = np.random.default_rng(0)
     faces = tuple(FaceInput(np.zeros((112, 112, 3), np.uint8), rng.standard_normal(512).astype(np.float32),
@@ -145,9 +153,11 @@ def test_prune_distillation_trains_saves_and_samples(tmp_path):
     assert torch.isfinite(out.image).all()
 
 
-def test_pruned_unet_exports_to_onnx_and_openvino_and_matches_torch(tmp_path):
+def test_pruned_unet_exports_and_matches_torch(tmp_path):
+    """No mid block, fewer stages: still the contract's UNet graph (ONNX here; benchmarks/pruned_students.py
+    runs the same student through OpenVINO bundles too)."""
+    from dhumandiff.export import onnx_export
     from dhumandiff.export.artifacts import GraphJob
-    from dhumandiff.export import onnx_export, openvino_export
     from dhumandiff.export.specs import get_spec
 
     student, _ = prune_model(random_tiny(), "tiny")
@@ -156,7 +166,7 @@ def test_pruned_unet_exports_to_onnx_and_openvino_and_matches_torch(tmp_path):
     example = spec.example(student, 2, seed=3)
     with torch.no_grad():
         ref = module(*example.values()).numpy()
-    for backend in (onnx_export, openvino_export):
+    for backend in (onnx_export,):
         out = tmp_path / backend.__name__.rsplit(".", 1)[1]
         job = GraphJob("unet", module, tuple(example), spec.outputs, example, {}, out, "fp32")
         with torch.no_grad():

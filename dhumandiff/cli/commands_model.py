@@ -129,9 +129,10 @@ def distill(
     identity_loss: float = typer.Option(0.0, "--identity-loss", help="lcm: weight of the identity loss on the "
                                                                      "student's one-step output; tiny-vae: on "
                                                                      "the tiny decoder's faces."),
-    init_student: str = typer.Option(None, "--init-student", help="lcm / tiny-vae: continue from this earlier "
-                                                                  "student (embedded name or folder) instead of "
-                                                                  "the teacher's UNet / a fresh tiny VAE."),
+    init_student: str = typer.Option(None, "--init-student", help="lcm / tiny-vae / prune-*: continue from this "
+                                                                  "earlier student (embedded name or folder) "
+                                                                  "instead of the teacher's UNet / a fresh tiny VAE "
+                                                                  "/ the teacher's cut UNet."),
     feature_loss: float = typer.Option(1.0, "--feature-loss", help="prune-*: weight of the per-block feature "
                                                                    "distillation loss (BK-SDM's feature KD)."),
     mask_records: int = typer.Option(256, "--mask-records", help="cascade-fold: records whose cascade masks "
@@ -163,7 +164,7 @@ def distill(
     elif method.startswith("prune-") and method[len("prune-"):] in PRUNE_LEVELS:
         cfg = PruneConfig(level=method[len("prune-"):], steps=steps, batch_size=batch_size, lr=lr or 2e-4,
                           feature_loss_weight=feature_loss, identity_loss_weight=identity_loss,
-                          max_minutes=max_minutes, seed=seed)
+                          max_minutes=max_minutes, seed=seed, init_student=init_student)
     else:
         raise typer.BadParameter("--method must be lcm, lcm-lora, cascade-fold, tiny-vae or prune-base / "
                                  "prune-small / prune-tiny")

@@ -48,6 +48,8 @@ class PruneConfig:
     identity_loss_batch: int = 4
     seed: int = 0
     max_minutes: float | None = None
+    # Continue an earlier pruned student of the same teacher and level (a folder written by ``distill``).
+    init_student: str | None = None
 
 
 class _StageOutputs:
@@ -89,6 +91,22 @@ def sampling_timesteps(model: DHumanDiff, counts: tuple[int, ...] = (1, 2, 4)) -
     return torch.tensor(sorted(seen), dtype=torch.long)
 
 
+def _earlier_student(folder: str, fresh: DHumanDiff) -> dict[str, torch.Tensor]:
+    """The UNet (and processor) weights of an earlier pruned student, checked against this cut."""
+    from ..errors import DHumanDiffError
+    from ..model.registry import resolve_model
+
+    earlier = DHumanDiff.from_pretrained(resolve_model(folder))
+    level = fresh.config.defaults.get("pruned_level")
+    if earlier.config.defaults.get("pruned_level") != level:
+        raise DHumanDiffError(f"--init-student {folder} is not a prune-{level} student: pass a folder written by "
+                              f"`dhumandiff distill --method prune-{level}` from the same teacher")
+    state, mine = earlier.unet.state_dict(), fresh.unet.state_dict()
+    if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+        raise DHumanDiffError(f"--init-student {folder} has another UNet architecture than this cut of the teacher")
+    return state
+
+
 class PruneDistiller:
     """Distils ``teacher`` into a BK-SDM-pruned copy of itself."""
 
@@ -100,6 +118,8 @@ class PruneDistiller:
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.model, self.init_report = prune_model(teacher, config.level)
+        if config.init_student:
+            self.model.unet.load_state_dict(_earlier_student(config.init_student, self.model))
         self.student = self.model.identity_unet.train()
         for p in self.student.parameters():
             p.requires_grad_(True)
