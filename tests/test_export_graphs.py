@@ -157,13 +157,10 @@ def test_dynamic_unet_runs_other_batch_and_size(tiny, tmp_path, runtime):
 def openvino_bundles(tiny: DHumanDiff, tmp_path_factory) -> dict[str, Path]:
     """Each precision's bundle, exported on first use (the fp16 one only under ``-m slow``: ~30 s)."""
     root = tmp_path_factory.mktemp("openvino")
-    made: dict[str, Path] = {}
-
     class Lazy(dict):
         def __missing__(self, p: str) -> Path:
-            made[p] = export_bundle(tiny, root / p, "openvino", p, source_model="tiny")
-            self[p] = made[p]
-            return made[p]
+            self[p] = export_bundle(tiny, root / p, "openvino", p, source_model="tiny")
+            return self[p]
 
     return Lazy()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,19 @@ def test_pruned_unet_exports_and_matches_torch(tmp_path):
             files = backend.export(job)
         got = backend.run(out, files, {k: v.numpy() for k, v in example.items()}, spec.outputs)["noise_pred"]
         assert np.abs(got - ref).max() <= 1e-4, backend.__name__
+
+
+def test_the_shipped_pruned_student_is_a_smaller_four_step_student():
+    """``tiny-pruned`` (BENCHMARKS.md "Pruned students"): the prune-tiny cut of ``tiny-lcm``, shipped as its UNet
+    and identity K/V beside ``tiny``; it generates with the LCM sampler in 4 CFG-free steps."""
+    from dhumandiff.model.generate import generate_portrait, load_model
+
+    pruned, full = load_model("tiny-pruned"), load_model("tiny-lcm")
+    assert pruned.unet.mid_block is None and len(pruned.unet.down_blocks) == len(full.unet.down_blocks) - 1
+    n_pruned = sum(p.numel() for p in pruned.unet.parameters())
+    assert n_pruned < 0.25 * sum(p.numel() for p in full.unet.parameters())
+    assert pruned.config.defaults["sampler"] == "lcm" and pruned.config.defaults["guidance_scale"] == 1.0
+    assert pruned.config.defaults["pruned_level"] == "tiny"
+    faces = [Path(__file__).resolve().parents[1] / "examples" / f"face_{x}.png" for x in "ab"]
+    out = generate_portrait(pruned, *faces, "a man and a woman on the beach", seed=0)
+    assert out.unet_passes == 4 and np.asarray(out.image).std() > 10, "a picture, not a flat field"
