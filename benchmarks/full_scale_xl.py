@@ -117,14 +117,17 @@ def write_release(root: Path, dtype_name: str = "fp32") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- generation child
-def generate_child(bundle: str, faces: list[str], out: str, steps: int, size: int | None) -> dict:
-    """``dhumandiff generate --bundle`` as a function (the same ``load_bundle`` + call), with a time stamp per
-    step: the first UNet step includes loading/compiling the UNet graph, the later ones are the UNet alone."""
+def generate_child(bundle: str, faces: list[str], out: str, steps: int, size: int | None,
+                   low_memory: bool = True) -> dict:
+    """``dhumandiff generate --bundle [--low-memory]`` as a function (the same ``load_bundle`` + call), with a time
+    stamp per step: the first UNet step includes loading/compiling the UNet graph, the later ones are the UNet alone.
+    ``low_memory`` (the default here): one graph in memory at a time; for one image each graph loads once either
+    way, so it costs no time, and SDXL's graphs together do not fit 24 GB."""
     from dhumandiff.runtimes import load_bundle
     from dhumandiff.utils.images import save_image_atomic
 
     t0 = time.perf_counter()
-    gen = load_bundle(bundle)
+    gen = load_bundle(bundle, low_memory=low_memory)
     load_s = time.perf_counter() - t0
     stamps: list[float] = []
     res = gen(faces[0], faces[1], PROMPT, steps=steps, seed=0, person_words=("man", "woman"),
@@ -265,7 +268,8 @@ def write_report(report: dict, results: Path) -> None:
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
     lines = [f"# Full-scale SDXL chain ({report['started']})", "",
              f"CPU: {m['cpu']}, {m['cores']} cores, {m['mem_total_gib']} GiB RAM; flags: {flags}.",
-             f"Release dtype: {report['release_dtype']}; image steps: {report['steps']}; command: "
+             f"Release dtype: {report['release_dtype']}; image steps: {report['steps']}; "
+             f"generation: {'every graph loaded' if report.get('all_graphs') else 'low_memory (one graph at a time)'}; command: "
              f"`{report['command']}`", "",
              "| step | rc | wall s | peak PSS tree GiB (anon / file) | peak RSS tree sum GiB (anon / file) "
              "| /usr/bin/time max RSS GiB | min MemAvailable GiB "
@@ -317,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     "step) and e.g. 1024 (adds export-openvino-1024 and generate-openvino-1024: the model at that size "
                     "as an OpenVINO int8-weights bundle, and one image through it)")
     ap.add_argument("--release-dtype", choices=("fp32", "fp16"), default="fp32")
+    ap.add_argument("--all-graphs", action="store_true", help="generate with every graph kept loaded (default: "
+                    "load_bundle(low_memory=True), one graph at a time)")
     ap.add_argument("--only", default=",".join(STEPS), help="comma-separated steps to run")
     ap.add_argument("--resume", action="store_true", help="keep the figures of steps already in the JSON")
     ap.add_argument("--keep", action="store_true", help="keep --work (default: delete it at the end)")
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = results / "full_scale_xl.json"
     report = json.loads(json_path.read_text()) if args.resume and json_path.is_file() else {}
     report.update({"started": report.get("started") or time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                   "release_dtype": args.release_dtype, "steps": args.steps,
+                   "release_dtype": args.release_dtype, "steps": args.steps, "all_graphs": args.all_graphs,
                    "command": "python benchmarks/full_scale_xl.py " + " ".join(sys.argv[1:] if argv is None else argv)})
     report.setdefault("steps_run", {})
     sizes = [int(x) for x in args.sizes.split(",") if x and int(x) != 512]
@@ -382,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     for rt, b in bundles.items():
         plan[f"verify-{rt}"] = ([*cli, "verify", str(b)], [])
         out = work / f"image-{rt}.png"
-        kw = {"bundle": str(b), "faces": [str(f) for f in faces], "out": str(out), "steps": args.steps, "size": None}
+        kw = {"bundle": str(b), "faces": [str(f) for f in faces], "out": str(out), "steps": args.steps, "size": None,
+              "low_memory": not args.all_graphs}
         plan[f"generate-{rt}"] = ([sys.executable, str(Path(__file__).resolve()), "--child", "generate",
                                    "--child-args", json.dumps(kw)], [out])
     for size in sizes:  # the same weights at another size: a model folder of links and its own dhumandiff.json
@@ -392,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                                            [bundle])
         out = work / f"image-openvino-{size}.png"
         kw = {"bundle": str(bundle), "faces": [str(f) for f in faces], "out": str(out), "steps": args.steps,
-              "size": size}
+              "size": size, "low_memory": not args.all_graphs}
         plan[f"generate-openvino-{size}"] = ([sys.executable, str(Path(__file__).resolve()), "--child", "generate",
                                               "--child-args", json.dumps(kw)], [out])
     for name in steps:

@@ -170,3 +170,19 @@ def test_export_stage_never_imports_the_runtimes():
             "bad = sorted(m for m in sys.modules if m.startswith('dhumandiff.runtimes'))\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_tolerance_scales_with_the_output_magnitude():
+    """atol holds for outputs up to magnitude 1; larger outputs get atol x their magnitude (float rounding grows
+    with the values), and a multi-output component fails when any one output misses its own scaled limit."""
+    from dhumandiff.export.validate import compare, worst
+
+    tol = Tolerance(atol=1e-4, min_cosine=0.999, min_psnr_db=40.0)
+    big = np.linspace(-5.0, 5.0, 1000, dtype=np.float32)
+    assert compare(big, big + 3e-4).failures(tol) == []  # 3e-4 < 1e-4 x 5
+    assert compare(big, big + 6e-4).failures(tol)  # 6e-4 > 5e-4
+    small = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)
+    assert compare(small, small + 3e-4).failures(tol)  # no scaling below magnitude 1
+    both = worst({"big": compare(big, big + 3e-4), "small": compare(small, small + 2e-4)})
+    assert any("max abs" in f for f in both.failures(tol)), "the small output's own limit (1e-4) is missed"
+    assert worst({"big": compare(big, big + 3e-4), "small": compare(small, small + 5e-5)}).failures(tol) == []

@@ -508,6 +508,8 @@ def load_bundle(
     runner = make_runner(m.runtime, m.components, root, device=device, precision=m.precision, num_threads=num_threads)
     if hasattr(runner, "graph_precision"):
         runner.graph_precision = graph_precisions(m)
+    if low_memory and hasattr(runner, "mapped_weights"):
+        runner.mapped_weights = True  # weights stay in their mapped files where the runtime allows it
     tok = PromptTokenizer.from_spec(root / m.tokenizer.file, m.tokenizer)
     tok2 = PromptTokenizer.from_spec(root / m.tokenizer_2.file, m.tokenizer_2) if m.tokenizer_2 else None
     return BundleGenerator(m, runner, tok, tok2, low_memory=low_memory, conditioning_cache=conditioning_cache)

@@ -67,6 +67,13 @@ class OnnxRunner(BaseRunner):
         ort = _ort()
         self._providers = choose_providers(device, list(ort.get_available_providers()))
         self.num_threads = num_threads
+        #: Set by ``load_bundle(..., low_memory=True)``: optimise at ``ORT_ENABLE_EXTENDED`` and without the CPU
+        #: memory arena, which keeps weights in their memory-mapped files. At ``ENABLE_ALL`` the CPU provider makes an
+        #: fp32 copy of every fp16 weight when a session loads (no fp16 kernels on most CPUs): the fp16 SDXL UNet's
+        #: session holds 18 GiB. This way each weight is cast as the graph runs and the cast is freed after its
+        #: layer (the arena would keep them: 16 GiB after two runs): 2 GiB between runs, ~15 GiB peak resident
+        #: during one with the 6 GB of mapped weights; ~1.5x slower steps (BENCHMARKS.md, "Full-scale SDXL").
+        self.mapped_weights = False
 
     @property
     def providers(self) -> list[str]:
@@ -79,6 +86,9 @@ class OnnxRunner(BaseRunner):
             opts.intra_op_num_threads = self.num_threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if self.mapped_weights:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            opts.enable_cpu_mem_arena = False
         path = self.path_of(component)
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
