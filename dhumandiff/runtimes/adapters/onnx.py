@@ -70,9 +70,9 @@ class OnnxRunner(BaseRunner):
         #: Set by ``load_bundle(..., low_memory=True)``: optimise at ``ORT_ENABLE_EXTENDED`` and without the CPU
         #: memory arena, which keeps weights in their memory-mapped files. At ``ENABLE_ALL`` the CPU provider makes an
         #: fp32 copy of every fp16 weight when a session loads (no fp16 kernels on most CPUs): the fp16 SDXL UNet's
-        #: session holds 18 GiB. This way each weight is cast as the graph runs and the cast is freed after its
-        #: layer (the arena would keep them: 16 GiB after two runs): 2 GiB between runs, ~15 GiB peak resident
-        #: during one with the 6 GB of mapped weights; ~1.5x slower steps (BENCHMARKS.md, "Full-scale SDXL").
+        #: session holds 18 GiB anonymous. This way each weight is cast as the graph runs and the cast is freed after
+        #: its layer (the arena would keep them): 12 GiB anonymous at peak instead of 18, but each UNet step is ~2.6x
+        #: slower (42 s vs 16 s at 512 px on 2 cores; BENCHMARKS.md, "Full-scale SDXL"): memory bought with time.
         self.mapped_weights = False
 
     @property
