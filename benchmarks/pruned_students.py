@@ -109,6 +109,14 @@ def main() -> None:
                 steps[k]["torch"] = torch_step(m)
         big = {} if "sd15" in skip else sd15([x for x in args.sd15_levels.split(",") if x], args.cache,
                                               Path(tmp) / "sd15", args.sd15_repeats)
+    if ident or steps:  # the tiny table only when part of it was measured
+        tiny_table(models, params, ident, steps)
+    if big:
+        sd15_table(big)
+
+
+def tiny_table(models: dict, params: dict[str, int], ident: dict, steps: dict[str, dict[str, float]]) -> None:
+    """Identity, quality and step time of the tiny teacher and its pruned student (markdown to stdout)."""
     print("\n| tiny | UNet params | identity similarity (world-b, 4 steps) | vs full | swap rate | attributes | "
           "setting | clothes | FID-style | step ms onnx | openvino | torch | speed-up onnx / openvino / torch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -123,20 +131,23 @@ def main() -> None:
         print(f"| {k} | {params[k] / 1e6:.2f} M | {sim:.3f} | {sim / base:.1%} | {quality} "
               f"| {s.get('onnx', float('nan')):.2f} | {s.get('openvino', float('nan')):.2f} | "
               f"{s.get('torch', float('nan')):.2f} | {ups} |")
-    if big:
-        full = big["sd15"]
-        print("\n| sd15 (random weights) | UNet params | NNCF int8 step ms, CFG batch 2 | speed-up | PSNR dB vs own "
-              "torch fp32 | batch 1 (student step) ms | speed-up | PSNR dB |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for name, rows in big.items():
-            b2, b1 = rows.get("ov-nncf-int8", {}), rows.get("ov-nncf-int8-b1", {})
-            m2, m1 = (b2.get("step") or {}).get("median_ms"), (b1.get("step") or {}).get("median_ms")
-            f2 = (full.get("ov-nncf-int8", {}).get("step") or {}).get("median_ms")
-            f1 = (full.get("ov-nncf-int8-b1", {}).get("step") or {}).get("median_ms")
-            p = rows["_params"].get("unet", 0) / 1e9
-            print(f"| {name} | {p:.2f} B | {m2 or float('nan'):,.0f} | {(f2 or 0) / (m2 or 1):.2f}x | "
-                  f"{b2.get('psnr_db', float('nan')):.1f} | {m1 or float('nan'):,.0f} | {(f1 or 0) / (m1 or 1):.2f}x | "
-                  f"{b1.get('psnr_db', float('nan')):.1f} |")
+
+
+def sd15_table(big: dict) -> None:
+    """NNCF int8 step times and PSNR of the sd15-size UNet and its pruned cuts, ratios against the full UNet."""
+    full = big["sd15"]
+    print("\n| sd15 (random weights) | UNet params | NNCF int8 step ms, CFG batch 2 | speed-up | PSNR dB vs own "
+          "torch fp32 | batch 1 (student step) ms | speed-up | PSNR dB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows in big.items():
+        b2, b1 = rows.get("ov-nncf-int8", {}), rows.get("ov-nncf-int8-b1", {})
+        m2, m1 = (b2.get("step") or {}).get("median_ms"), (b1.get("step") or {}).get("median_ms")
+        f2 = (full.get("ov-nncf-int8", {}).get("step") or {}).get("median_ms")
+        f1 = (full.get("ov-nncf-int8-b1", {}).get("step") or {}).get("median_ms")
+        p = rows["_params"].get("unet", 0) / 1e9
+        print(f"| {name} | {p:.2f} B | {m2 or float('nan'):,.0f} | {(f2 or 0) / (m2 or 1):.2f}x | "
+              f"{b2.get('psnr_db', float('nan')):.1f} | {m1 or float('nan'):,.0f} | {(f1 or 0) / (m1 or 1):.2f}x | "
+              f"{b1.get('psnr_db', float('nan')):.1f} |")
 
 
 if __name__ == "__main__":
