@@ -116,6 +116,17 @@ def write_release(root: Path, dtype_name: str = "fp32") -> dict:
     return {"dtype": dtype_name, "parameters": params, "total_parameters": sum(params.values())}
 
 
+def needed_bundle(step: str, bundles: dict[str, Path], work: Path) -> Path | None:
+    """The bundle a verify / generate step reads (None for the other steps)."""
+    if not step.startswith(("verify-", "generate-")):
+        return None
+    rt = step.split("-", 1)[1]
+    if rt in bundles:
+        return bundles[rt]
+    runtime, size = rt.rsplit("-", 1)  # generate-openvino-1024
+    return work / f"xl-ov-int8w-{size}" if runtime == "openvino" else None
+
+
 # ---------------------------------------------------------------------------------------------- generation child
 def generate_child(bundle: str, faces: list[str], out: str, steps: int, size: int | None,
                    low_memory: bool = True) -> dict:
@@ -276,6 +287,9 @@ def write_report(report: dict, results: Path) -> None:
              "| output disk GiB | extra disk during step GiB | load avg start -> max | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["steps_run"].items():
+        if r.get("rc") is None:  # not run
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | {r.get('stopped', '')} |")
+            continue
         pss = (f"{r['peak_pss_tree_gib']} ({r['peak_pss_anon_tree_gib']} / {r['peak_pss_file_tree_gib']})"
                if "peak_pss_tree_gib" in r else "-")
         lines.append(f"| {name} | {r['rc']} | {r['wall_s']} | {pss} | {r['peak_rss_tree_gib']} ({r['peak_rss_anon_tree_gib']} / "
@@ -408,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("export-openvino-") and (model / "dhumandiff.json").is_file():
             size_variant(model, work / f"dhumandiff-xl-{name.rsplit('-', 1)[1]}", int(name.rsplit("-", 1)[1]))
         argv_step, outputs = plan[name]
+        needs = needed_bundle(name, bundles, work)
+        if needs is not None and not (needs / "bundle.json").is_file():  # its export failed or never ran
+            report["steps_run"][name] = {"rc": None, "stopped": f"not run: no bundle at {needs} (its export step "
+                                         "did not finish)", "wall_s": None}
+            print(f"    {name}: not run (no bundle at {needs})", flush=True)
+            write_report(report, results)
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv_step)[:200]}", flush=True)
         rec = measure(argv_step, work / f"{name}.log", outputs, work, args.guard_mib * 1024 ** 2, args.timeout)
         if name == "release" and (rel / "release.json").is_file():
