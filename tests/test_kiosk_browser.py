@@ -75,9 +75,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _wait(driver: Any, condition: Any, timeout: float = 120) -> Any:
+    """Wait for ``condition``; a timeout fails with what the page showed (status line, its class, timing line)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        shown = driver.execute_script(
+            "const g = (id) => document.getElementById(id); return g('status') ? [g('status').className, "
+            "g('status').textContent, g('timing').textContent, g('found_a') && g('found_a').textContent, "
+            "g('found_b') && g('found_b').textContent, g('generate').disabled] : [document.title]")
+        raise AssertionError(f"the page did not get there in {timeout} s; it showed {shown}") from None
 
 
 def _open(driver: Any, url: str) -> None:

@@ -353,3 +353,37 @@ def test_dynamic_graph_output_of_the_wrong_shape_is_refused_after_its_run(tmp_pa
     with pytest.raises(BundleError, match=r"^vae_decoder graph output 'sample' has shape \[1, 4, 3, 2\], bundle\.json "
                                           r"declares \[1, 4, 2, 3\]"):
         runner.run("vae_decoder", {"latent_sample": np.zeros((1, 4, 2, 3), np.float32)})
+
+
+def test_low_memory_keeps_external_weights_mapped_and_small_graphs_as_usual(tmp_path: Path) -> None:
+    """``low_memory``: a graph whose fp16 weights lie in an external file opens at ENABLE_EXTENDED without the
+    arena (onnxruntime's ENABLE_ALL would keep an fp32 copy of every weight: 18 GiB for the SDXL UNet); a graph
+    with inline weights opens as in a normal run, so its outputs stay bit-identical to one."""
+    import onnxruntime as ort
+
+    w = np.linspace(-1, 1, int(np.prod(SHAPE)), dtype=np.float16).reshape(SHAPE)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w"], ["w32"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "w32"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)],
+        initializer=[onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "unet.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="unet.onnx.data", size_threshold=0)
+    onnx.save_model(model, str(tmp_path / "vae_decoder.onnx"))
+    io = ({"x": TensorSpec(tuple(SHAPE), "float32")}, {"y": TensorSpec(tuple(SHAPE), "float32")})
+    comps = {"unet": ComponentSpec("unet", "unet.onnx", ("unet.onnx.data",), {}, *io),
+             "vae_decoder": ComponentSpec("vae_decoder", "vae_decoder.onnx", (), {}, *io)}
+    x = np.ones(SHAPE, np.float32)
+    levels = {}
+    for mapped in (False, True):
+        runner = OnnxRunner(comps, tmp_path, num_threads=1)
+        runner.mapped_weights = mapped
+        for name in comps:
+            session = runner._load(name)
+            levels[mapped, name] = session.get_session_options().graph_optimization_level
+            np.testing.assert_array_equal(runner.run(name, {"x": x})["y"], x + w.astype(np.float32))
+    extended, everything = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert levels[True, "unet"] == extended
+    assert levels[False, "unet"] == levels[True, "vae_decoder"] == levels[False, "vae_decoder"] == everything
