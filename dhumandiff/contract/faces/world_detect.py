@@ -296,29 +296,50 @@ def _sweep(mask: np.ndarray, neck_ratio: float = 0.4, min_width: int = 7) -> lis
 
 def _merge_split_heads(regs: list[_Region]) -> list[_Region]:
     """Join the pieces of one head: cut in two by a horizontal dark line (glasses frames and arms), or into
-    side-by-side fragments a pixel or two apart (glasses and a beard on a small face)."""
+    side-by-side fragments a pixel or two apart (glasses and a beard on a small face).
+
+    Every pair is still considered in the same order as a plain double loop would (so the merges are the same), but
+    each region's bounds are kept in arrays and only pairs less than 3 px apart horizontally (the only ones either
+    rule can join) are looked at: a real photo gives the synthetic world's detector thousands of skin specks, and
+    the plain loop took 45 s on a 512 px photo."""
     regs = sorted(regs, key=lambda r: r.top)
+    n = len(regs)
+    alive = np.array([bool(r.rows) and not r.necked for r in regs], bool)
+    x0 = np.array([r.x0 if r.rows else 0 for r in regs], np.int64)
+    x1 = np.array([r.x1 if r.rows else 0 for r in regs], np.int64)
+    top = [r.top for r in regs]
+    bottom = [r.bottom if r.rows else 0 for r in regs]
+    rowsets = [set(r.rows) for r in regs]
     changed = True
     while changed:
         changed = False
-        for a in regs:
-            if not a.rows or a.necked:
+        for i in range(n):
+            if not alive[i]:
                 continue
-            for b in regs:
-                if b is a or not b.rows or b.necked:
-                    continue
-                ax0, ax1, bx0, bx1 = a.x0, a.x1, b.x0, b.x1
-                wa, wb = ax1 - ax0, bx1 - bx0
-                overlap = min(ax1, bx1) - max(ax0, bx0)
-                vgap = b.top - a.bottom
-                stacked = (b.top >= a.top and vgap <= max(2.0, 0.3 * max(wa, wb))
-                           and overlap >= 0.6 * min(wa, wb) and min(wa, wb) >= 0.45 * max(wa, wb))
-                rows_a, rows_b = set(a.rows), set(b.rows)
-                shared = len(rows_a & rows_b)
-                beside = (-overlap <= 2 and shared >= 0.5 * min(len(rows_a), len(rows_b)) and shared >= 2)
-                if stacked or beside:
-                    a.absorb(b)
-                    changed = True
+            start = 0
+            while start < n:
+                overlap = np.minimum(x1[i], x1[start:]) - np.maximum(x0[i], x0[start:])
+                near = np.flatnonzero(alive[start:] & (overlap >= -2)) + start  # neither rule joins a wider gap
+                start = n
+                for j in near.tolist():
+                    if j == i:
+                        continue
+                    wa, wb = int(x1[i] - x0[i]), int(x1[j] - x0[j])
+                    ov = min(int(x1[i]), int(x1[j])) - max(int(x0[i]), int(x0[j]))
+                    vgap = top[j] - bottom[i]
+                    stacked = (top[j] >= top[i] and vgap <= max(2.0, 0.3 * max(wa, wb))
+                               and ov >= 0.6 * min(wa, wb) and min(wa, wb) >= 0.45 * max(wa, wb))
+                    shared = len(rowsets[i] & rowsets[j])
+                    beside = (-ov <= 2 and shared >= 0.5 * min(len(rowsets[i]), len(rowsets[j])) and shared >= 2)
+                    if stacked or beside:
+                        regs[i].absorb(regs[j])
+                        alive[j] = False
+                        x0[i], x1[i] = min(x0[i], x0[j]), max(x1[i], x1[j])
+                        top[i], bottom[i] = regs[i].top, max(bottom[i], bottom[j])
+                        rowsets[i] |= rowsets[j]
+                        changed = True
+                        start = j + 1  # a grew: the rest of the row is looked at with its new bounds
+                        break
     return [r for r in regs if r.rows]
 
 
