@@ -3,7 +3,7 @@ at SDXL base 1.0 sizes -> ``convert official`` -> OpenVINO int8-weights and ONNX
 insightface-format pack -> ``dhumandiff verify`` -> one 512 x 512 image through each bundle.
 
 ``benchmarks/full_scale_xl.py`` does the work (each step a measured subprocess); this test runs it and holds it to
-the outcomes. ``@pytest.mark.slow`` (``pytest -m slow tests/test_full_scale_xl.py``): ~70 GB of scratch disk under
+the outcomes. ``@pytest.mark.slow`` (``pytest -m slow -n 0 tests/test_full_scale_xl.py``): ~70 GB of scratch disk under
 ``$DHUMANDIFF_FULLSCALE_WORK`` (default /tmp/fullscale-test, deleted afterwards) and about an hour or more on 2 cores.
 The figures of the committed run are in BENCHMARKS.md ("Full-scale SDXL conversion and export").
 """
