@@ -89,6 +89,15 @@ def _wait(driver: Any, condition: Any, timeout: float = 120) -> Any:
         raise AssertionError(f"the page did not get there in {timeout} s; it showed {shown}") from None
 
 
+def _faces_checked(driver: Any) -> None:
+    """Wait until the page has checked both photos and shown their faces (or said why not), as a guest sees it
+    before pressing Generate: a click while the previews still load can land on a moving page and be lost."""
+    _wait(driver, lambda d: d.execute_script(
+        "return ['a', 'b'].every((w) => { const t = document.getElementById('found_' + w).textContent;"
+        " const i = document.getElementById('preview_' + w);"
+        " return t !== '' && !t.startsWith('Looking') && (!i.getAttribute('src') || i.complete); })"), timeout=60)
+
+
 def _open(driver: Any, url: str) -> None:
     driver.get(url if "?" in url else url + "/")
     _wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
@@ -101,6 +110,7 @@ def test_guest_uploads_two_faces_and_sees_the_portrait(browser: Any, server: Kio
     assert "tiny-lcm" in browser.find_element(By.ID, "model").text
     browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
     browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    _faces_checked(browser)
     browser.find_element(By.ID, "scene-beach").click()
     browser.find_element(By.ID, "seed").send_keys("3")
     browser.find_element(By.ID, "generate").click()
@@ -142,6 +152,7 @@ def test_another_scene_makes_a_new_portrait_of_the_same_photos(browser: Any, ser
     assert not browser.find_element(By.ID, "another").is_displayed()
     browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
     browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    _faces_checked(browser)
     browser.find_element(By.ID, "scene-beach").click()
     browser.find_element(By.ID, "seed").send_keys("3")
     browser.find_element(By.ID, "generate").click()
@@ -181,6 +192,7 @@ def test_guest_sees_why_a_photo_was_refused(browser: Any, server: KioskServer, t
     _open(browser, server.url)
     browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
     browser.find_element(By.ID, "face_b").send_keys(str(blank))
+    _faces_checked(browser)
     browser.find_element(By.ID, "generate").click()
     _wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
     assert "no face found" in browser.find_element(By.ID, "status").text
@@ -232,6 +244,7 @@ def test_the_access_link_opens_the_kiosk_and_the_bare_address_does_not(browser: 
     assert "token" not in browser.current_url  # taken out of the address bar, kept for the tab
     browser.find_element(By.ID, "face_a").send_keys(str(FACE_A))
     browser.find_element(By.ID, "face_b").send_keys(str(FACE_B))
+    _faces_checked(browser)
     browser.find_element(By.ID, "scene-garden").click()
     browser.find_element(By.ID, "generate").click()
     _wait(browser, lambda d: d.execute_script(
