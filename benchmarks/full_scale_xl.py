@@ -132,8 +132,9 @@ def generate_child(bundle: str, faces: list[str], out: str, steps: int, size: in
                    low_memory: bool = True) -> dict:
     """``dhumandiff generate --bundle [--low-memory]`` as a function (the same ``load_bundle`` + call), with a time
     stamp per step: the first UNet step includes loading/compiling the UNet graph, the later ones are the UNet alone.
-    ``low_memory`` (the default here): one graph in memory at a time; for one image each graph loads once either
-    way, so it costs no time, and SDXL's graphs together do not fit 24 GB."""
+    ``low_memory`` (the default here): one graph in memory at a time (SDXL's graphs together do not fit 24 GB);
+    for one image each graph loads once either way, but ONNX graphs with external weights then keep them mapped,
+    which makes their steps ~2.6x slower (``dhumandiff.contract.onnx_sessions``)."""
     from dhumandiff.runtimes import load_bundle
     from dhumandiff.utils.images import save_image_atomic
 

@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..contract.onnx_sessions import keep_weights_mapped
 from .artifacts import GraphJob
 
 OPSET = 17
@@ -176,13 +177,8 @@ def save(model, out_dir: Path, name: str, threshold: int = EXTERNAL_DATA_THRESHO
 
 
 def session(path: Path, mapped_weights: bool = False):
-    """An onnxruntime CPU session using as many threads as torch is allowed (shares the machine politely).
-
-    ``mapped_weights``: optimise at ``ORT_ENABLE_EXTENDED``, not ``ENABLE_ALL``, and without the memory arena. At
-    ``ENABLE_ALL`` the CPU provider turns every fp16 weight of a graph into an fp32 copy when the session loads
-    (most CPUs have no fp16 kernels): the fp16 SDXL UNet's session grows to 17 GiB. This way the weights stay in the
-    memory-mapped ``.onnx.data`` file and each is cast as the graph runs, the cast freed after its layer (the same
-    values; only layout transforms are off). The runtimes do the same in low-memory mode."""
+    """An onnxruntime CPU session using as many threads as torch is allowed (shares the machine politely);
+    ``mapped_weights``: the graph's external weights stay in their mapped file (:mod:`dhumandiff.contract.onnx_sessions`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -190,8 +186,7 @@ def session(path: Path, mapped_weights: bool = False):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     if mapped_weights:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.enable_cpu_mem_arena = False
+        keep_weights_mapped(opts, ort)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

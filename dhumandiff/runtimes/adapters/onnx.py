@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dhumandiff.contract.onnx_sessions import keep_weights_mapped
 from dhumandiff.errors import BundleError, RuntimeUnavailableError
 from dhumandiff.runtimes.adapters.base import BaseRunner, check_graph_io, load_failure
 
@@ -67,14 +68,9 @@ class OnnxRunner(BaseRunner):
         ort = _ort()
         self._providers = choose_providers(device, list(ort.get_available_providers()))
         self.num_threads = num_threads
-        #: Set by ``load_bundle(..., low_memory=True)``: graphs whose weights lie in an external file (those over
-        #: ~1.8 GB) open at ``ORT_ENABLE_EXTENDED`` and without the CPU memory arena. At ``ENABLE_ALL`` the CPU
-        #: provider makes an fp32 copy of every fp16 weight when a session loads (no fp16 kernels on most CPUs): the
-        #: fp16 SDXL UNet's session holds 18 GiB anonymous. This way the weights stay in their memory-mapped file,
-        #: each is cast as its layer runs and the cast is freed after it (the arena would keep them): 12 GiB
-        #: anonymous at peak instead of 18, but each UNet step is ~2.6x slower (42 s vs 16 s at 512 px on 2 cores;
-        #: BENCHMARKS.md, "Full-scale SDXL"): memory bought with time. Smaller graphs open as usual, so their
-        #: outputs stay bit-identical to a normal run's (the two levels round differently: 89 dB apart on tiny).
+        #: Set by ``load_bundle(..., low_memory=True)``: graphs whose weights lie in an external file keep them in
+        #: that mapped file (:mod:`dhumandiff.contract.onnx_sessions`: 12 instead of 18 GiB for the fp16 SDXL UNet, at ~2.6x
+        #: the step time); smaller graphs open as usual, so their outputs stay bit-identical to a normal run's.
         self.mapped_weights = False
 
     @property
@@ -89,8 +85,7 @@ class OnnxRunner(BaseRunner):
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         if self.mapped_weights and self.components[component].extra_files:  # weights in an external .onnx.data
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            opts.enable_cpu_mem_arena = False
+            keep_weights_mapped(opts, ort)
         path = self.path_of(component)
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers)
